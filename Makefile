@@ -1,0 +1,35 @@
+# Two commands a new user needs: `make demo` and `make test`. Both create .venv and install into it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is pinned to the CPU build first: an unpinned torch would pull several GB of CUDA packages.
+TORCH  ?= torch==2.13.0
+
+.PHONY: venv demo test fashion-mnist clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST: downloaded by the toolkit when online; on Debian the package below provides it offline.
+fashion-mnist:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) || true; \
+	fi
+
+demo: venv fashion-mnist
+	$(PY) train.py --dataset fashion_mnist --model lenet5 --epochs 2 --name demo --exist-ok
+	$(PY) eval.py --checkpoint runs/demo/best.pt
+	$(PY) export.py --checkpoint runs/demo/best.pt
+	@echo "demo outputs: runs/demo/ (checkpoints, history, report, model.onnx)"
+
+test: venv
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info
