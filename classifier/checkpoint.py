@@ -1,0 +1,107 @@
+"""Checkpoints: state dicts + config + everything evaluation and export need. Never pickled modules.
+
+Layout of a toolkit checkpoint (a dict saved with ``torch.save``)::
+
+    format         "classifier-checkpoint/1"
+    model          model state dict
+    model_name     registry name, e.g. "resnet18" or "timm/vit_tiny_patch16_224"
+    num_classes    int
+    in_chans       int
+    classes        list of class names, index = label
+    preprocessing  Preprocessing.to_dict(): size, channels, mean, std
+    config         the resolved run config (plain dict)
+    dataset        dataset spec the model was trained on
+    optimizer, scheduler, scaler   state dicts (training checkpoints only)
+    epoch, step    counters: epochs completed, optimiser steps taken
+    rng            random states (torch, numpy, python) so a resume continues exactly
+    best_val_loss  float
+    extra          free-form plain data (history, timings)
+
+Loading always uses ``weights_only=True``: a crafted file cannot run code, it is refused.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from classifier.errors import ClassifierError
+
+FORMAT = "classifier-checkpoint/1"
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over the target.
+
+    A process killed mid-save leaves the previous checkpoint intact and loadable.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state_file(path: str | os.PathLike) -> dict:
+    """Load a ``.pt``/``.pth``/``.safetensors`` file as plain data, never executing code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClassifierError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # corrupt or not a safetensors file
+            raise ClassifierError(f"cannot read safetensors file {path}: {err}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClassifierError(
+            f"refused to load {path}: it is not a plain-tensor checkpoint and could run code "
+            f"({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ClassifierError(f"cannot read checkpoint {path}: {str(err).splitlines()[0][:200]}") from None
+    if not isinstance(obj, dict):
+        raise ClassifierError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
+    return obj
+
+
+def is_toolkit_checkpoint(obj: dict) -> bool:
+    return obj.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint written by this toolkit (refuses other files with a clear message)."""
+    obj = load_state_file(path)
+    if not is_toolkit_checkpoint(obj):
+        raise ClassifierError(f"{path} is not a checkpoint written by this toolkit (no '{FORMAT}' marker)")
+    return obj
+
+
+def model_from_checkpoint(ckpt: dict):
+    """Rebuild the model described by a toolkit checkpoint and load its weights (eval mode, CPU)."""
+    from classifier.models import create_model
+
+    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ClassifierError(
+            f"checkpoint weights do not fit model '{ckpt['model_name']}': {str(err).splitlines()[0][:200]}"
+        ) from None
+    return model.eval()
