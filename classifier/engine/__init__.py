@@ -1,0 +1,1 @@
+"""Training engine: small loop functions, the optimiser/schedule, callbacks and ``fit``."""

@@ -1,0 +1,134 @@
+"""One epoch of training, and evaluation: plain functions the trainer (and benchmarks) call."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from classifier.engine.runtime import all_reduce_sum, autocast
+from classifier.errors import ClassifierError
+
+
+@dataclass
+class EpochSums:
+    """Running totals of an epoch; kept in mid-epoch checkpoints so a resumed epoch reports the same."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+    batches: int = 0
+
+    def add(self, loss: float, correct: float, count: int) -> None:
+        self.loss += loss * count
+        self.correct += correct
+        self.count += count
+        self.batches += 1
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.count, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.count, 1)
+
+
+@dataclass
+class StepContext:
+    """What a training step needs besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
+    channels_last: bool = False
+    lr_at: object = None  # callable(step) -> lr, applied before each step
+    on_step: object = None  # callable(step, batch_index, sums) after each step
+    show_progress: bool = False
+    desc: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def train_one_epoch(model, loader, ctx: StepContext, *, step: int, start_batch: int = 0,
+                    sums: EpochSums | None = None) -> tuple[EpochSums, int]:
+    """Train over ``loader`` from batch ``start_batch``; returns the epoch totals and the new step count.
+
+    A non-finite loss stops training with an error naming the step (the last good checkpoint stays).
+    """
+    model.train()
+    sums = sums or EpochSums()
+    batches = loader.iter_from(start_batch) if start_batch else iter(loader)
+    bar = tqdm(batches, total=len(loader), initial=start_batch, desc=ctx.desc, leave=False,
+               disable=not ctx.show_progress, mininterval=1.0, dynamic_ncols=True)
+    started = time.perf_counter()
+    for batch_index, (x, y) in enumerate(bar, start=start_batch):
+        x, y = to_device(x, y, ctx.device, ctx.channels_last)
+        if ctx.lr_at is not None:
+            ctx.lr_at(step)
+        with autocast(ctx.device, ctx.amp_dtype):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=ctx.label_smoothing)
+        if not math.isfinite(loss.item()):
+            raise ClassifierError(f"loss became {loss.item()} at step {step + 1} (epoch batch {batch_index}); "
+                                  "training stopped, the last good checkpoint is kept")
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if ctx.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip)
+        ctx.optimizer.step()
+        step += 1
+        sums.add(loss.item(), (logits.argmax(1) == y).sum().item(), y.numel())
+        sums.seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        if ctx.show_progress:
+            bar.set_postfix(loss=f"{sums.mean_loss:.4f}", acc=f"{sums.accuracy:.2%}",
+                            img_s=f"{sums.count / max(sums.seconds, 1e-9):.0f}", refresh=False)
+        if ctx.on_step is not None:
+            ctx.on_step(step, batch_index + 1, sums)
+    bar.close()
+    return sums, step
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device: torch.device, *, amp_dtype=None, channels_last=False) -> dict:
+    """Mean loss and accuracy over the loader, summed across processes when distributed."""
+    model.eval()
+    loss = correct = count = 0.0
+    for x, y in loader:
+        x, y = to_device(x, y, device, channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(x).float()
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        count += y.numel()
+    loss, correct, count = all_reduce_sum([loss, correct, count], device)
+    return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+
+
+@torch.inference_mode()
+def predict(model, loader, device: torch.device, *, amp_dtype=None, channels_last=False, tta_flip=False):
+    """Softmax probabilities and labels for every sample of the loader, in loader order."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader:
+        x, _ = to_device(x, y, device, channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(x).float()
+            if tta_flip:
+                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        probs.append(torch.softmax(logits, 1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
