@@ -38,6 +38,8 @@ class Config:
     test_fraction: float = 0.2  # only for datasets without an official test split
     augment: typing.Any = None  # none | light | strong | list of albumentations steps; default per dataset
     workers: int | None = None  # data-loading processes for streamed folders (default: min(4, cores))
+    classes: typing.Any = None  # keep only these classes (names or indices), relabelled in the given order
+    max_per_class: int = 0  # cap training images per class, seeded (0: all); e.g. few-shot transfer
     # --- optimisation
     epochs: int = 10
     batch_size: int = 128  # per process
