@@ -180,7 +180,7 @@ def write_run_header(run, load_note: str | None, *, resumed: bool) -> None:
 
 def final_reports(run) -> dict:
     """Learning curves, and the best checkpoint evaluated on the test split (eval/ report)."""
-    from classifier.report import plot_learning_curves
+    from classifier.report.plots import plot_learning_curves
 
     out = {}
     if run.state.history:
