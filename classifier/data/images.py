@@ -1,0 +1,139 @@
+"""Decode one image file into uint8 pixels, the same way for every PIL mode.
+
+Every path that reads an image file (streaming training, folder statistics, ``test.py``, the
+predictor) goes through :func:`load_image`, so a deployed model sees pixels decoded exactly as in
+training. Rules, in order:
+
+* EXIF orientation is applied (phone photos are stored rotated).
+* Transparency (LA, RGBA, PA, P/L/RGB with a ``transparency`` key) is composited on white.
+* High bit depth is scaled to 8 bit by its range: ``I;16*`` by 65535; ``I`` and ``F`` by the
+  smallest of the ranges 0-1 (``F`` only), 0-255, 0-65535 that holds the data, else by the image's
+  own min..max.
+* CMYK, YCbCr, LAB, HSV -> RGB with PIL's conversions; ``1`` -> 0/255.
+* Finally L or RGB: gray is replicated to RGB, RGB goes to gray with PIL's ITU-R 601 luma.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from classifier.errors import ClassifierError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+_ORIENTATION = 0x0112  # EXIF tag
+
+
+class BadImageError(ClassifierError):
+    """An image file that cannot be decoded (empty, truncated, not an image, too large)."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a non-hidden file name with an image extension (the file itself is not opened)."""
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
+    """Decode ``path`` to a uint8 array of shape (H, W, channels); channels is 1 or 3.
+
+    Raises :class:`BadImageError` with a one-line reason for anything that cannot be decoded,
+    including images above ``PIL.Image.MAX_IMAGE_PIXELS`` (decompression bombs).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    path = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _refuse_bomb(im)
+                im.load()
+                return pil_to_array(im, channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImageError(f"{path}: refused, too many pixels ({_first_line(err)})") from None
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: file not found") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError(f"{path}: not a readable image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError) as err:
+        # PIL reports truncated/corrupt data with any of these, depending on the format plugin.
+        raise BadImageError(f"{path}: cannot decode ({_first_line(err)})") from None
+
+
+def pil_to_array(im: Image.Image, channels: int) -> np.ndarray:
+    """An opened PIL image -> uint8 (H, W, channels) by the rules in the module docstring."""
+    if im.getexif().get(_ORIENTATION, 1) != 1:
+        im = ImageOps.exif_transpose(im)
+    im = _to_8bit(im)
+    if im.mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("L" if im.mode == "1" else "RGB")  # 1 -> 0/255; CMYK, P, YCbCr... -> RGB
+    # L -> RGB replicates; RGB -> L is ITU-R 601-2 luma (classifier.preprocess.LUMA). Composited
+    # gray (R=G=B) comes back exactly, the integer luma weights sum to 1.
+    im = im.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit integer and float images to mode L; other modes pass through."""
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.float64) / 257.0  # 0..65535 -> 0..255
+    elif im.mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        a = _scale_by_range(a, allow_unit=im.mode == "F")
+    else:
+        return im
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
+def _scale_by_range(a: np.ndarray, allow_unit: bool) -> np.ndarray:
+    finite = a[np.isfinite(a)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
+    if lo >= 0:
+        if allow_unit and hi <= 1.0:
+            return a * 255.0
+        if hi <= 255:
+            return a
+        if hi <= 65535:
+            return a / 257.0
+    if hi == lo:
+        return np.zeros_like(a)
+    return (a - lo) * (255.0 / (hi - lo))
+
+
+def _refuse_bomb(im: Image.Image) -> None:
+    # Image.open already warns above the limit; check explicitly too, in case warnings are filtered.
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.size[0] * im.size[1] > limit:
+        raise Image.DecompressionBombError(f"{im.size[0]}x{im.size[1]} exceeds the limit of {limit} pixels")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def image_size(path: str | os.PathLike) -> tuple[tuple[int, int], str] | None:
+    """((height, width), mode) read from the header only, or None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(Path(path)) as im:
+                w, h = im.size
+                if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+                    w, h = h, w  # exif_transpose swaps the axes for these orientations
+                return (h, w), im.mode
+    except Exception:  # noqa: BLE001 - a header we cannot read is just "unknown"
+        return None

@@ -1,0 +1,239 @@
+"""Batches for training and evaluation: ``build_loader`` picks one of two paths behind one interface.
+
+* In memory (array Samples, preset augmentation): the whole uint8 dataset is one tensor; a batch is a
+  slice of the epoch's permutation, augmented as a batch, then ``to_model_input``. No workers, no
+  per-sample Python, which is what makes Fashion-MNIST/CIFAR-10 epochs fast on a CPU.
+* Streaming (file Samples, or any Samples with a user albumentations pipeline): a torch DataLoader
+  whose workers decode with ``load_image``, augment with albumentations and apply
+  ``to_model_input`` per sample. An unreadable file is skipped and listed in ``loader.skipped``;
+  it never stops training.
+
+Order. A training epoch is a permutation seeded by (seed, epoch), padded by repeating its head to a
+multiple of ``world_size``; rank r takes every world_size-th index starting at r, as
+torch's DistributedSampler does, so all ranks have the same number of batches. Evaluation is not
+shuffled and not padded: rank r takes samples r, r + world_size, ...; every sample is seen exactly
+once, and ranks may differ by one sample (and so by one batch). Reduce metric *sums* across ranks once
+after the loop (or gather predictions with ``loader.indices()``); do not run a collective per batch.
+
+Resuming. ``iter_from(k)`` starts an epoch at batch k without touching the earlier batches; with
+augmentation a function of (seed, epoch, sample index), it yields exactly the tail of a full epoch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+import torch
+
+from classifier.data.augment import (Preset, apply_pipeline, augment_batch, build_pipeline, preset_pipeline,
+                                     resolve_augment)
+from classifier.data.datasets import Samples
+from classifier.data.images import BadImageError, load_image
+from classifier.errors import ClassifierError
+from classifier.preprocess import Preprocessing, to_model_input
+
+log = logging.getLogger(__name__)
+
+
+def build_loader(samples: Samples, prep: Preprocessing, *, train: bool, batch_size: int, augment="none",
+                 seed: int = 0, rank: int = 0, world_size: int = 1, workers: int | None = None,
+                 drop_last: bool | None = None) -> "Loader":
+    """A loader yielding ``(x, y)``: x float32 NCHW ready for the model, y int64.
+
+    ``augment``: a preset name (see ``classifier.data.augment.PRESETS``) or a list of albumentations
+    transforms (forces the streaming path). ``drop_last`` defaults to ``train``, but a rank with fewer
+    samples than one batch keeps its partial batch. ``workers`` (streaming only) defaults to
+    min(4, CPU count).
+    """
+    aug = resolve_augment(augment)
+    common = dict(train=train, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                  drop_last=drop_last)
+    if samples.in_memory and isinstance(aug, Preset):
+        return InMemoryLoader(samples, prep, aug, **common)
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    return StreamingLoader(samples, prep, aug, workers=workers, **common)
+
+
+class Loader:
+    """Epoch order, rank sharding and batch bookkeeping shared by both paths."""
+
+    def __init__(self, samples: Samples, prep: Preprocessing, *, train: bool, batch_size: int, seed: int,
+                 rank: int, world_size: int, drop_last: bool | None):
+        if batch_size < 1:
+            raise ClassifierError(f"batch_size must be at least 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ClassifierError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.samples, self.prep, self.train = samples, prep, train
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, int(seed), rank, world_size
+        self.epoch = 0
+        self.skipped: list[str] = []  # unreadable files met so far (streaming path)
+        n = len(samples)
+        self.num_samples = math.ceil(n / world_size) if train else len(range(rank, n, world_size))
+        self.drop_last = (train if drop_last is None else drop_last) and self.num_samples >= batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self) -> np.ndarray:
+        """This rank's sample indices for the current epoch, in order (train: padded permutation)."""
+        n = len(self.samples)
+        if not self.train:
+            return np.arange(self.rank, n, self.world_size, dtype=np.int64)
+        order = np.random.default_rng([self.seed % (1 << 64), self.epoch]).permutation(n)
+        total = self.num_samples * self.world_size
+        if total > n:
+            order = np.concatenate([order, np.resize(order, total - n)])  # repeat the head, like DistributedSampler
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def batch_indices(self) -> list[np.ndarray]:
+        idx = self.indices()
+        return [idx[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+
+    def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, batch_index: int):
+        """Iterate the current epoch from batch ``batch_index`` on; earlier batches are not loaded."""
+        raise NotImplementedError
+
+
+class InMemoryLoader(Loader):
+    """Fast path: uint8 arrays in memory, batched augmentation, no workers."""
+
+    def __init__(self, samples: Samples, prep: Preprocessing, augment: Preset, **kw):
+        super().__init__(samples, prep, **kw)
+        self.augment = augment
+        self._images = torch.from_numpy(_writable(samples.images))  # N, H, W, C; no copy when possible
+        self._labels = torch.from_numpy(samples.labels)
+
+    def iter_from(self, batch_index: int):
+        for idx in self.batch_indices()[batch_index:]:
+            t = torch.from_numpy(idx)
+            x = self._images[t].permute(0, 3, 1, 2).contiguous()
+            x = augment_batch(x, self.augment, seed=self.seed, epoch=self.epoch, indices=idx)
+            yield to_model_input(x, self.prep), self._labels[t]
+
+
+class StreamingLoader(Loader):
+    """Per-sample path: DataLoader workers decode, augment (albumentations) and normalise."""
+
+    def __init__(self, samples: Samples, prep: Preprocessing, augment, *, workers: int, **kw):
+        super().__init__(samples, prep, **kw)
+        self.workers = max(0, int(workers))
+        self.dataset = SampleDataset(samples, prep, augment, self.seed)
+        self._seen: set[str] = set()
+        if isinstance(augment, list) and len(samples):
+            self.dataset.dry_run()
+
+    def iter_from(self, batch_index: int):
+        batches = [[(int(i), self.epoch) for i in b] for b in self.batch_indices()[batch_index:]]
+        if not batches:
+            return
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=batches, collate_fn=_collate, num_workers=self.workers,
+            worker_init_fn=_worker_init if self.workers else None,
+        )
+        for x, y, bad in loader:
+            for path, reason in bad:
+                if path not in self._seen:
+                    self._seen.add(path)
+                    self.skipped.append(path)
+                    log.warning("skipping unreadable image: %s", reason)
+            if x is not None:
+                yield x, y
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """Item ``(index, epoch)`` -> ``(x float CHW, label, index, None)``, or ``(None, label, index,
+    (path, reason))`` for an unreadable file."""
+
+    def __init__(self, samples: Samples, prep: Preprocessing, augment, seed: int):
+        self.samples, self.prep, self.augment, self.seed = samples, prep, augment, seed
+        self._pipelines: dict = {}  # built lazily, in the worker that uses them
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item):
+        index, epoch = item
+        label = int(self.samples.labels[index])
+        try:
+            image = self._image(index)
+        except BadImageError as err:
+            return None, label, index, (self.samples.paths[index], str(err))
+        image = self._augment(image, index, epoch)
+        x = torch.from_numpy(_writable(image)).permute(2, 0, 1)[None]
+        return to_model_input(x, self.prep)[0], label, index, None
+
+    def _image(self, index: int) -> np.ndarray:
+        if self.samples.in_memory:
+            return self.samples.images[index]
+        return load_image(self.samples.paths[index], self.prep.channels)
+
+    def _augment(self, image: np.ndarray, index: int, epoch: int) -> np.ndarray:
+        if isinstance(self.augment, Preset):
+            if self.augment.is_identity:
+                return image
+            key = image.shape[:2]
+            if key not in self._pipelines:
+                self._pipelines[key] = preset_pipeline(self.augment, *key)
+            pipeline = self._pipelines[key]
+        else:
+            if "custom" not in self._pipelines:
+                self._pipelines["custom"] = build_pipeline(self.augment)
+            pipeline = self._pipelines["custom"]
+        return apply_pipeline(pipeline, image, seed=self.seed, epoch=epoch, index=index)
+
+    def dry_run(self) -> None:
+        """Run sample 0 through a user pipeline now, so a broken one fails here in one line."""
+        try:
+            image = self._image(0)
+        except BadImageError:
+            return
+        try:
+            self._augment(image, 0, 0)
+        except ClassifierError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure of a user pipeline is a config problem
+            raise ClassifierError(f"augment pipeline fails on {self._describe(0)}: "
+                                  f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+
+    def _describe(self, index: int) -> str:
+        if self.samples.in_memory:
+            return f"sample {index} ({'x'.join(map(str, self.samples.images.shape[1:]))})"
+        return self.samples.paths[index]
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """torch.from_numpy warns on read-only arrays (e.g. np.frombuffer); copy only those."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()
+
+
+def _collate(items):
+    good = [it for it in items if it[0] is not None]
+    bad = [it[3] for it in items if it[0] is None]
+    if not good:
+        return None, None, bad
+    x = torch.stack([it[0] for it in good])
+    y = torch.tensor([it[1] for it in good], dtype=torch.int64)
+    return x, y, bad
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker handles one sample at a time: intra-op threads would only oversubscribe the CPUs.
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)
+    except ImportError:
+        pass

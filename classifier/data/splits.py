@@ -1,0 +1,173 @@
+"""Train/val/test splits: seeded, stratified, and recorded so a later evaluation uses the same test set.
+
+Official splits are kept: an official test set is the test set, an official val folder the val set.
+What is missing is carved from the official train split, per class, so every split keeps the class
+proportions. The record lists which sample went where (positions in the official split for in-memory
+datasets, file paths relative to the dataset folder for file datasets).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from classifier.data.datasets import DatasetInfo, Samples, load_dataset
+from classifier.errors import ClassifierError, unknown_choice
+
+SPLIT_FORMAT = "classifier-split/1"
+SPLITS = ("train", "val", "test")
+
+
+def split_dataset(info: DatasetInfo, official: dict[str, Samples], *, val_fraction: float = 0.1,
+                  test_fraction: float = 0.2, seed: int = 0) -> tuple[dict[str, Samples], dict]:
+    """{'train', 'val', 'test'} Samples and a JSON-able record of the split.
+
+    ``test_fraction`` is used only without an official test split, ``val_fraction`` only without an
+    official val split; both are fractions of the official train split. Every class keeps at least
+    one training sample.
+    """
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise ClassifierError(f"{name} must be in [0, 1), got {f}")
+    if "train" not in official:
+        raise ClassifierError(f"dataset {info.name} has no train split")
+    train = official["train"]
+    carve_test = 0.0 if "test" in official else test_fraction
+    carve_val = 0.0 if "val" in official else val_fraction
+    if carve_test + carve_val >= 1.0:
+        raise ClassifierError(f"val_fraction + test_fraction must be below 1, got {carve_test + carve_val}")
+
+    test_pos, val_pos, train_pos = stratified_partition(train.labels, carve_test, carve_val, seed)
+    splits = {
+        "train": train.subset(train_pos),
+        "val": official["val"] if "val" in official else train.subset(val_pos),
+        "test": official["test"] if "test" in official else train.subset(test_pos),
+    }
+    if len(splits["train"]) == 0:
+        raise ClassifierError(f"dataset {info.name}: nothing left to train on after the split")
+    record = {
+        "format": SPLIT_FORMAT,
+        "dataset": info.name,
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction),
+        "classes": list(info.classes),
+        "splits": {name: describe(s, len(info.classes)) for name, s in splits.items()},
+    }
+    return splits, record
+
+
+def stratified_partition(labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int):
+    """Sorted positions (test, val, train): per class, a seeded shuffle cut at the allotted counts.
+
+    Totals are round(N * fraction); each class gets its proportional share, the remainders going to
+    the classes with the largest fractional parts (seeded tie-break), as in largest-remainder voting.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(_seed_key(seed))
+    classes = np.unique(labels)
+    counts = np.array([(labels == c).sum() for c in classes])
+    n_test = _allocate(counts, test_fraction, counts - 1, rng)
+    n_val = _allocate(counts, val_fraction, counts - 1 - n_test, rng)
+    parts = ([], [], [])
+    for c, nt, nv in zip(classes, n_test, n_val):
+        pos = rng.permutation(np.flatnonzero(labels == c))
+        parts[0].append(pos[:nt])
+        parts[1].append(pos[nt:nt + nv])
+        parts[2].append(pos[nt + nv:])
+    return tuple(np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts)
+
+
+def _allocate(counts: np.ndarray, fraction: float, capacity: np.ndarray, rng) -> np.ndarray:
+    capacity = np.maximum(capacity, 0)
+    ideal = counts * fraction
+    base = np.minimum(np.floor(ideal).astype(np.int64), capacity)
+    need = min(int(round(counts.sum() * fraction)), int(capacity.sum())) - int(base.sum())
+    order = np.lexsort((rng.random(len(counts)), -(ideal - base)))  # largest remainder first
+    while need > 0:
+        progressed = False
+        for c in order:
+            if need > 0 and base[c] < capacity[c]:
+                base[c] += 1
+                need -= 1
+                progressed = True
+        if not progressed:
+            break
+    return base
+
+
+def describe(samples: Samples, num_classes: int) -> dict:
+    """The record entry of one split: its source split and which samples of it, by index or path."""
+    entry = {
+        "source": samples.source,
+        "size": len(samples),
+        "class_counts": np.bincount(samples.labels, minlength=num_classes).tolist(),
+    }
+    if samples.in_memory:
+        entry["indices"] = samples.index.tolist()
+    else:
+        entry["paths"] = samples.relative_paths()
+    return entry
+
+
+def save_split(record: dict, path: str | os.PathLike) -> Path:
+    """Write the record as JSON, atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_split(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClassifierError(f"split file '{path}' does not exist") from None
+    except (OSError, ValueError) as err:
+        raise ClassifierError(f"split file '{path}' is not valid JSON ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != SPLIT_FORMAT:
+        raise ClassifierError(f"'{path}' is not a split record (expected format {SPLIT_FORMAT})")
+    return record
+
+
+def samples_from_record(spec: str | None, root: str | os.PathLike, record: dict, split_name: str,
+                        *, download: bool = True) -> tuple[DatasetInfo, Samples]:
+    """Reload one recorded split (e.g. the test set of a training run). ``spec=None``: the recorded one."""
+    info, official = load_dataset(spec or record["dataset"], root, download=download)
+    if list(record.get("classes", info.classes)) != list(info.classes):
+        raise ClassifierError(f"dataset {info.name} has classes {info.classes}, the split record "
+                              f"{record.get('classes')}")
+    entries = record.get("splits", {})
+    if split_name not in entries:
+        raise unknown_choice("split", split_name, entries)
+    entry = entries[split_name]
+    source = official.get(entry.get("source"))
+    if source is None:
+        raise ClassifierError(f"dataset {info.name} has no '{entry.get('source')}' split, which the record uses")
+    if "indices" in entry:
+        idx = np.asarray(entry["indices"], dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(source)):
+            raise ClassifierError(f"split record indices exceed the {len(source)} samples of "
+                                  f"{info.name} {entry['source']}: a different version of the dataset?")
+        return info, source.subset(idx)
+    where = {p: i for i, p in enumerate(source.relative_paths())}
+    missing = [p for p in entry["paths"] if p not in where]
+    if missing:
+        raise ClassifierError(f"{len(missing)} file(s) of the recorded {split_name} split are missing from "
+                              f"{source.root}, e.g. {missing[0]}")
+    return info, source.subset([where[p] for p in entry["paths"]])
+
+
+def _seed_key(seed: int) -> int:
+    return int(seed) % (1 << 64)  # numpy seeds must be non-negative
