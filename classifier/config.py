@@ -124,6 +124,9 @@ def _check(cfg: Config) -> Config:
             raise ClassifierError(f"invalid {name} '{getattr(cfg, name)}' (choices: {', '.join(allowed)})")
     if cfg.mode != "scratch" and not cfg.weights:
         raise ClassifierError(f"--mode {cfg.mode} needs pretrained weights: --weights imagenet or --weights PATH")
+    if cfg.mode == "scratch" and cfg.weights:
+        raise ClassifierError("--mode scratch starts from random weights: drop --weights, or use --mode finetune "
+                              "or feature-extract")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ClassifierError("epochs and batch_size must be at least 1")
     if not 0.0 <= cfg.val_fraction < 1.0 or not 0.0 <= cfg.test_fraction < 1.0:

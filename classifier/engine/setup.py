@@ -164,7 +164,7 @@ def write_run_header(run, load_note: str | None, *, resumed: bool) -> None:
     cfg, data = run.cfg, run.data
     save_yaml(cfg, Path(run.dir) / "config.yaml")
     prep = data.prep
-    summary = model_summary(run.raw_model, (2, prep.channels, *prep.size))
+    summary = model_summary(run.raw_model, (prep.channels, *prep.size))
     (Path(run.dir) / "model_summary.txt").write_text(summary + "\n")
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(("resuming" if resumed else "training") + f" {cfg.model} ({cfg.mode}) on {cfg.dataset}: "
@@ -184,7 +184,7 @@ def final_reports(run) -> dict:
 
     out = {}
     if run.state.history:
-        plot_learning_curves(run.state.history, Path(run.dir) / "curves.png")
+        plot_learning_curves(Path(run.dir) / "curves.png", run.state.history)
     if run.cfg.eval_test and "test" in run.data.splits and len(run.data.splits["test"]):
         from classifier.evaluation import evaluate_run_model
 

@@ -54,8 +54,11 @@ class Run:
     callbacks: object = None
 
 
-def fit(cfg: Config, *, resume: str | Path | None = None) -> Path:
-    """Train as configured (or continue the run in ``resume``); returns the run folder."""
+def fit(cfg: Config, *, resume: str | Path | None = None, callbacks: dict | None = None) -> Path:
+    """Train as configured (or continue the run in ``resume``); returns the run folder.
+
+    ``callbacks``: extra {event: [fn, ...]} added to the default loggers (see engine/callbacks.py).
+    """
     from classifier.engine import setup
 
     dist_info = runtime.init_distributed(cfg.device)
@@ -91,6 +94,9 @@ def fit(cfg: Config, *, resume: str | Path | None = None) -> Path:
     run = Run(cfg, run_dir, dist_info, device, runtime.amp_dtype(cfg.amp, device), data, model, raw_model,
               optimizer, state)
     run.callbacks = default_callbacks(run)
+    for event, fns in (callbacks or {}).items():
+        for fn in fns:
+            run.callbacks.add(event, fn)
 
     if dist_info.is_main:
         setup.write_run_header(run, load_note, resumed=ckpt is not None)

@@ -1,0 +1,153 @@
+"""The training engine end to end on tiny folder datasets: CLI, run folder, modes, weights, resume."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from classifier.checkpoint import load_checkpoint
+from classifier.commands.train import main as train_main
+from classifier.errors import ClassifierError
+from tests.conftest import write_class_images
+
+FAST = ["--batch-size", "16", "--progress", "false", "--amp", "off", "--workers", "0"]
+
+
+def train(tmp_path, dataset, *extra, name="run"):
+    argv = ["--dataset", f"folder:{dataset}", "--project", str(tmp_path / "runs"), "--name", name, *FAST, *extra]
+    return train_main(argv)
+
+
+def test_cli_end_to_end_writes_the_run_folder(tmp_path, tiny_folder, capsys):
+    run = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "2", "--lr", "0.05")
+    for name in ("config.yaml", "model_summary.txt", "split.json", "history.csv", "best.pt", "last.pt",
+                 "summary.json", "curves.png", "eval/report.md", "eval/metrics.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "val_loss", "train_acc", "val_acc", "lr", "epoch_time_s"} <= set(rows[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["params"] > 0 and summary["size_bytes"] > 0
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["classes"] == ["blue", "green", "red"]
+    assert ckpt["preprocessing"]["channels"] == 3 and ckpt["model_name"] == "lenet5"
+    out = capsys.readouterr().out
+    assert "Mult-Adds" in (run / "model_summary.txt").read_text() or "mult" in out.lower()
+    # the saved config re-runs the same training
+    rerun = train_main(["--config", str(run / "config.yaml"), "--name", "rerun", "--epochs", "1"])
+    assert (rerun / "best.pt").is_file() and rerun != run
+
+
+def test_learns_the_tiny_task(tmp_path, tiny_folder):
+    run = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "6", "--optimizer", "adam",
+                "--lr", "0.01", "--augment", "none")
+    assert json.loads((run / "summary.json").read_text())["test_accuracy"] >= 0.9
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_after_epoch(n):
+    def callback(run, row):
+        if row["epoch"] == n:
+            raise Interrupt
+
+    return callback
+
+
+def test_resume_continues_exactly(tmp_path, tiny_folder):
+    from classifier.config import make_config
+    from classifier.engine.trainer import fit
+
+    values = dict(model="vggnet", extra={"width": 8}, seed=3, augment="light", epochs=3, batch_size=16,
+                  progress=False, amp="off", workers=0, dataset=f"folder:{tiny_folder}",
+                  project=str(tmp_path / "runs"))
+    straight = fit(make_config({**values, "name": "straight"}))
+    with pytest.raises(Interrupt):
+        fit(make_config({**values, "name": "part"}), callbacks={"on_epoch_end": [stop_after_epoch(1)]})
+    part = tmp_path / "runs" / "part"
+    assert load_checkpoint(part / "last.pt")["epoch"] == 1
+    train_main(["--resume", str(part), *FAST])
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(part / "last.pt")
+    assert b["epoch"] == 3 and b["step"] == a["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [r["val_loss"] for r in a["state"]["history"]] == [r["val_loss"] for r in b["state"]["history"]]
+
+
+def test_epochs_extends_a_finished_run(tmp_path, tiny_folder):
+    run = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "1")
+    train_main(["--resume", str(run), "--epochs", "2", *FAST])
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 2 and len(ckpt["state"]["history"]) == 2
+
+
+def test_feature_extract_keeps_backbone_bit_identical(tmp_path, tiny_folder):
+    source = train(tmp_path, tiny_folder, "--model", "resnet", "--extra", "{width: 8}", "--epochs", "1", name="src")
+    run = train(tmp_path, tiny_folder, "--model", "resnet", "--extra", "{width: 8}", "--epochs", "2",
+                "--mode", "transfer", "--weights", str(source / "best.pt"), name="fx")
+    before, after = load_checkpoint(source / "best.pt")["model"], load_checkpoint(run / "last.pt")["model"]
+    body = [k for k in before if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in body)
+    for k in body:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["head.weight"], after["head.weight"]) if "head.weight" in before else True
+
+
+def test_finetune_from_checkpoint_of_other_dataset_and_class_count(tmp_path, tiny_folder, capsys):
+    source = train(tmp_path, tiny_folder, "--model", "resnet", "--extra", "{width: 8}", "--epochs", "1", name="src")
+    two = write_class_images(tmp_path / "two", per_class=12, classes={"cyan": (30, 200, 200), "pink": (230, 80, 160)})
+    run = train(tmp_path, two, "--model", "resnet", "--extra", "{width: 8}", "--epochs", "1", "--mode", "finetune",
+                "--weights", str(source / "best.pt"), "--backbone-lr-mult", "0.1", name="ft")
+    out = capsys.readouterr().out
+    assert "weights:" in out and "head" in out.split("weights:")[1].splitlines()[0].lower()
+    before, after = load_checkpoint(source / "best.pt"), load_checkpoint(run / "last.pt")
+    assert after["classes"] == ["cyan", "pink"] and after["num_classes"] == 2
+    changed = [k for k in before["model"] if k.startswith("backbone.") and "weight" in k
+               and not torch.equal(before["model"][k], after["model"][k])]
+    assert changed, "fine-tuning must train the backbone"
+
+
+def test_finetune_without_weights_is_an_error(tmp_path, tiny_folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train(tmp_path, tiny_folder, "--model", "lenet5", "--mode", "finetune")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--weights" in err and "Traceback" not in err
+
+
+def test_scratch_loads_nothing(tmp_path, tiny_folder):
+    from classifier.config import make_config
+    from classifier.engine.setup import prepare_data, prepare_model
+    from classifier.engine.runtime import Dist
+    from classifier.models import create_model
+
+    cfg = make_config({"model": "lenet5", "dataset": f"folder:{tiny_folder}", "workers": 0})
+    data = prepare_data(cfg, tmp_path, Dist())
+    torch.manual_seed(0)
+    model, note = prepare_model(cfg, data)
+    torch.manual_seed(0)
+    fresh = create_model("lenet5", num_classes=3, in_chans=3)
+    assert note is None
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ClassifierError):
+        make_config({"mode": "scratch", "weights": "x.pt"})
+
+
+def test_list_models(capsys):
+    train_main(["--list-models"])
+    out = capsys.readouterr().out
+    for name in ("lenet5", "vggnet", "resnet", "deepnet-skip", "vgg11", "resnet18", "mobilenet_v2", "timm/"):
+        assert name in out
+
+
+def test_unknown_model_suggests(tmp_path, tiny_folder, capsys):
+    with pytest.raises(SystemExit):
+        train(tmp_path, tiny_folder, "--model", "resnet19")
+    assert "did you mean" in capsys.readouterr().err
