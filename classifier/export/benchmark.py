@@ -1,0 +1,112 @@
+"""CPU speed of a model as PyTorch eager and as ONNX Runtime sessions, at a stated thread count.
+
+Latency: median and 90th percentile of single-image calls (batch 1). Throughput: images per second
+at a larger batch. Inputs are random tensors of the model's input shape and dtype: speed does not
+depend on pixel values for these networks. Figures are printed by ``export.py --benchmark`` and
+``bench/export_speed.py``; tests never assert on them.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from classifier.preprocess import Preprocessing
+
+
+@dataclass
+class BenchResult:
+    name: str
+    threads: int
+    median_ms: float  # batch-1 latency
+    p90_ms: float
+    throughput: float | None  # images/s at ``batch``
+    batch: int | None
+
+    def row(self) -> str:
+        speed = f"{self.throughput:9.0f} img/s @ batch {self.batch}" if self.throughput else ""
+        return f"{self.name:<14} {self.median_ms:8.3f} ms {self.p90_ms:8.3f} ms   {speed}"
+
+
+def time_calls(fn, *, warmup: int = 3, runs: int = 50, budget_s: float = 2.0) -> np.ndarray:
+    """Seconds per call of ``fn()``: ``warmup`` untimed calls, then up to ``runs`` (at least 5) within ``budget_s``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < runs and (len(times) < 5 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return np.asarray(times)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(name, make_call, threads, batch, runs, budget_s) -> BenchResult:
+    single = time_calls(make_call(1), runs=runs, budget_s=budget_s) * 1000
+    throughput = None
+    if batch:
+        per_batch = time_calls(make_call(batch), warmup=1, runs=max(3, runs // 5), budget_s=budget_s)
+        throughput = batch / float(np.median(per_batch))
+    return BenchResult(name, threads, float(np.median(single)), float(np.percentile(single, 90)), throughput, batch)
+
+
+def benchmark(prep: Preprocessing, *, model: nn.Module | None = None, onnx_models: dict | None = None,
+              threads: int | None = None, batch: int | None = 32, runs: int = 50,
+              budget_s: float = 2.0) -> list[BenchResult]:
+    """Time PyTorch eager ``model`` (if given) and each ONNX Runtime model in ``onnx_models`` (name -> path).
+
+    ``threads``: intra-op threads for both engines (default: PyTorch's current setting, stated in
+    every result). ``batch``: throughput batch size (None skips throughput).
+    """
+    from classifier.inference import open_session
+
+    threads = threads or torch.get_num_threads()
+    shape = (prep.channels, *prep.size)
+    results = []
+    if model is not None:
+        model.eval()
+
+        def eager_call(n):
+            x = torch.randn(n, *shape)
+
+            def call():
+                with torch.inference_mode():
+                    model(x)
+            return call
+
+        with torch_threads(threads):
+            results.append(_measure("PyTorch eager", eager_call, threads, batch, runs, budget_s))
+    for name, path in (onnx_models or {}).items():
+        session = open_session(Path(path), threads=threads)
+        graph_input = session.get_inputs()[0]
+        uint8 = graph_input.type == "tensor(uint8)"
+
+        def ort_call(n, session=session, input_name=graph_input.name, uint8=uint8):
+            rng = np.random.default_rng(0)
+            x = (rng.integers(0, 256, (n, *shape), dtype=np.uint8) if uint8
+                 else rng.standard_normal((n, *shape), dtype=np.float32))
+            return lambda: session.run(None, {input_name: x})
+
+        results.append(_measure(name, ort_call, threads, batch, runs, budget_s))
+    return results
+
+
+def format_results(results: list[BenchResult]) -> str:
+    threads = sorted({r.threads for r in results})
+    head = f"CPU, {'/'.join(map(str, threads))} thread(s)\n{'engine':<14} {'median':>11} {'p90':>11}   throughput"
+    return "\n".join([head] + [r.row() for r in results])

@@ -1,0 +1,380 @@
+"""ONNX export with the model's preprocessing and class names in its metadata, verification against
+PyTorch, and conversion to the ORT format of ONNX Runtime Mobile.
+
+An exported file is self-describing: ``metadata_props`` (string key -> string value; JSON for lists)
+holds everything a client needs to feed it, so ``Predictor.load("model.onnx")`` needs no checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import classifier
+from classifier.errors import ClassifierError
+from classifier.preprocess import InputNormalizer, Preprocessing
+
+# Opset 18 is the lowest the torch.export-based exporter emits natively, and it runs on every
+# ONNX Runtime since 1.14 (including the prebuilt mobile packages). Resize with antialias needs 18.
+DEFAULT_OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+# Largest protobuf a single .onnx file can hold; above it weights go to an external data file.
+PROTOBUF_LIMIT = 2**31 - 1
+
+# How metadata values are decoded; keys not listed stay strings.
+_JSON_KEYS = {"classes", "input_size", "mean", "std", "config"}
+_INT_KEYS = {"channels", "num_classes", "opset"}
+_BOOL_KEYS = {"preprocessing_embedded", "dynamic_batch", "dynamic_size"}
+
+
+def checkpoint_metadata(ckpt: dict) -> dict:
+    """The metadata an export of a toolkit checkpoint carries besides its preprocessing."""
+    dataset = ckpt.get("dataset")
+    return {
+        "model_name": ckpt["model_name"],
+        "classes": list(ckpt["classes"]),
+        "num_classes": int(ckpt["num_classes"]),
+        "dataset": dataset if isinstance(dataset, str) or dataset is None else json.dumps(dataset),
+        "epoch": ckpt.get("epoch"),
+        "config": ckpt.get("config"),  # the training config: provenance, and which classes were kept
+    }
+
+
+def preprocessing_metadata(prep: Preprocessing, *, embedded: bool) -> dict:
+    """What a client must do to an image before feeding the model."""
+    return {
+        "input_size": list(prep.size),
+        "channels": prep.channels,
+        "color_mode": "L" if prep.channels == 1 else "RGB",
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "resize": "bilinear with antialias to input_size (height, width)",
+        "preprocessing_embedded": embedded,
+        "input_dtype": "uint8" if embedded else "float32",
+        "input_layout": "NCHW",
+        "input_range": "0-255 pixels" if embedded else "(pixel / 255 - mean) / std",
+    }
+
+
+def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, dynamic_batch: bool = True,
+                dynamic_size: bool = False, embed_preprocessing: bool = False, opset: int | None = None) -> Path:
+    """Export ``model`` to ``path`` (input "input", output "logits") with ``metadata`` and ``prep`` stored.
+
+    ``embed_preprocessing`` folds pixel scaling and normalisation into the graph: the input is then
+    uint8 NCHW pixels at the model size. ``dynamic_size`` also lets height and width vary (checked by
+    running the exported model at a second size; a model that cannot is refused).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opset = opset or DEFAULT_OPSET
+    net = nn.Sequential(InputNormalizer(prep), model) if embed_preprocessing else model
+    was_training = model.training
+    net.eval()
+    example = _example_input(prep, embedded=embed_preprocessing, batch=2)
+    try:
+        proto, exporter = _trace(net, example, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset)
+    finally:
+        model.train(was_training)
+    props = {
+        **metadata,
+        **preprocessing_metadata(prep, embedded=embed_preprocessing),
+        "dynamic_batch": dynamic_batch,
+        "dynamic_size": dynamic_size,
+        "opset": opset,
+        "exporter": exporter,
+        "toolkit_version": classifier.__version__,
+        "torch_version": torch.__version__,
+    }
+    set_metadata(proto, props)
+    save_model(proto, path)
+    if dynamic_size:
+        _check_other_size(path, prep, embedded=embed_preprocessing)
+    return path
+
+
+def _example_input(prep: Preprocessing, *, embedded: bool, batch: int, size=None) -> torch.Tensor:
+    shape = (batch, prep.channels, *(size or prep.size))
+    if embedded:
+        return torch.randint(0, 256, shape, dtype=torch.uint8)
+    return torch.randn(shape)
+
+
+def _trace(net, example, *, dynamic_batch, dynamic_size, opset) -> tuple[onnx.ModelProto, str]:
+    """torch.export-based exporter first; the TorchScript one for models it cannot capture."""
+    dims = {0: "batch"} if dynamic_batch else {}
+    if dynamic_size:
+        dims.update({2: "height", 3: "width"})
+    errors = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter deprecation chatter, not the user's concern
+        try:
+            shapes = ({i: torch.export.Dim(name) for i, name in dims.items()},) if dims else None
+            program = torch.onnx.export(net, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        opset_version=opset, dynamo=True, dynamic_shapes=shapes,
+                                        external_data=False, verbose=False)
+            return program.model_proto, f"torch.onnx dynamo (torch {torch.__version__})"
+        except Exception as err:  # noqa: BLE001 - any capture failure: try the other exporter
+            errors.append(_first_line(err))
+        try:
+            buf = io.BytesIO()
+            axes = {INPUT_NAME: dims, OUTPUT_NAME: {0: "batch"} if dynamic_batch else {}}
+            with _native_stdout_silenced():
+                torch.onnx.export(net, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  opset_version=opset, dynamo=False, dynamic_axes=axes)
+            return onnx.load_from_string(buf.getvalue()), f"torch.onnx torchscript (torch {torch.__version__})"
+        except Exception as err:  # noqa: BLE001
+            errors.append(_first_line(err))
+    raise ClassifierError(f"cannot export this model to ONNX opset {opset}: {errors[0]} "
+                          f"(TorchScript exporter: {errors[1]})")
+
+
+def _first_line(err: BaseException, limit: int = 240) -> str:
+    """The first line of the innermost cause: the exporter wraps the real reason in advice text."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """The TorchScript exporter's C++ logger writes the whole graph to fd 1 when it fails."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _check_other_size(path: Path, prep: Preprocessing, *, embedded: bool) -> None:
+    from classifier.inference import open_session
+
+    height, width = prep.size
+    other = (height + max(8, height // 4), width + max(8, width // 4))
+    x = _example_input(prep, embedded=embedded, batch=1, size=other).numpy()
+    try:
+        open_session(path).run(None, {INPUT_NAME: x})
+    except Exception as err:  # noqa: BLE001 - ORT raises several types for shape errors
+        path.unlink(missing_ok=True)
+        raise ClassifierError(f"this model only runs at its own input size {height}x{width} (at {other[0]}x"
+                              f"{other[1]}: {_first_line(err, 160)}); export without --dynamic-size") from None
+
+
+def set_metadata(proto: onnx.ModelProto, props: dict) -> None:
+    """Store ``props`` in ``metadata_props``, replacing keys already there; None values are skipped."""
+    encoded = {k: _encode(v) for k, v in props.items() if v is not None}
+    keep = {p.key: p.value for p in proto.metadata_props if p.key not in encoded}
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**keep, **encoded})
+
+
+def _encode(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def decode_metadata(props: dict[str, str]) -> dict:
+    """Strings from ``metadata_props`` -> Python values for the keys this toolkit writes."""
+    out = {}
+    for key, value in props.items():
+        try:
+            if key in _JSON_KEYS:
+                value = json.loads(value)
+            elif key in _INT_KEYS:
+                value = int(value)
+            elif key in _BOOL_KEYS:
+                value = value.lower() == "true"
+        except ValueError:
+            raise ClassifierError(f"bad metadata value {key}={value[:80]!r} in the model file") from None
+        out[key] = value
+    return out
+
+
+def read_metadata(path) -> dict:
+    """Decoded metadata of an ``.onnx`` or ``.ort`` model (refuses external data outside its folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClassifierError(f"model file not found: {path}")
+    if path.suffix == ".ort":
+        from classifier.inference import open_session
+
+        return decode_metadata(dict(open_session(path).get_modelmeta().custom_metadata_map))
+    proto = load_proto(path)
+    return decode_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def prep_from_metadata(meta: dict, source="model") -> Preprocessing:
+    missing = [k for k in ("input_size", "channels", "mean", "std", "classes") if k not in meta]
+    if missing:
+        raise ClassifierError(f"{source} has no toolkit metadata ({', '.join(missing)} missing): "
+                              "export it with export.py, or use the checkpoint")
+    return Preprocessing(size=tuple(meta["input_size"]), channels=meta["channels"], mean=meta["mean"], std=meta["std"])
+
+
+def load_proto(path, *, with_weights: bool = False) -> onnx.ModelProto:
+    """Load an ONNX file; external data must lie inside the model's own folder."""
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf decode errors have no common type
+        raise ClassifierError(f"cannot read ONNX model {path}: {_first_line(err, 160)}") from None
+    check_external_data(proto, path.parent)
+    if with_weights:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    return proto
+
+
+def check_external_data(proto: onnx.ModelProto, model_dir: Path) -> None:
+    """Refuse tensors whose external data file is outside ``model_dir`` (absolute, ``..`` or a symlink out)."""
+    root = Path(model_dir).resolve()
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(root):
+            raise ClassifierError(f"refused: tensor '{tensor.name}' takes its data from '{location}', "
+                                  f"outside the model's folder {root}")
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    yield from (s.values for s in graph.sparse_initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def save_model(proto: onnx.ModelProto, path: Path) -> Path:
+    """Write atomically; models above the protobuf limit keep their weights in ``NAME.data`` beside."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if proto.ByteSize() > PROTOBUF_LIMIT:
+            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{path.name}.data")
+        else:
+            onnx.save_model(proto, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclass
+class Parity:
+    """ONNX Runtime vs PyTorch on the same inputs."""
+    max_abs_diff: float  # largest |logit difference|
+    top1_agreement: float  # fraction of images with the same predicted class
+    images: int
+
+    def __str__(self) -> str:
+        return f"max |logit diff| {self.max_abs_diff:.2e}, top-1 agreement {self.top1_agreement:.2%} " \
+               f"on {self.images} images"
+
+
+def compare_with_torch(onnx_path, model: nn.Module, images, *, batch_size: int = 64) -> Parity:
+    """Run ``images`` (uint8 HWC list or NHWC array) through ONNX Runtime and ``model``; compare logits.
+
+    Both get the same pixels at the model's size: normalised for PyTorch, and for the ONNX model what
+    its metadata asks for (normalised, or raw uint8 when preprocessing is embedded).
+    """
+    from classifier.inference import Predictor, pixels_at_model_size
+    from classifier.preprocess import to_model_input
+
+    predictor = Predictor.load(onnx_path)
+    model.eval()
+    worst, agree, count = 0.0, 0, 0
+    for start in range(0, len(images), batch_size):
+        pixels = pixels_at_model_size(images[start:start + batch_size], predictor.prep)
+        with torch.inference_mode():
+            ref = model(to_model_input(pixels, predictor.prep)).float().numpy()
+        x = pixels.numpy() if predictor.raw_pixels else to_model_input(pixels, predictor.prep).numpy()
+        got = predictor.logits(x)
+        worst = max(worst, float(np.abs(got - ref).max()))
+        agree += int((got.argmax(1) == ref.argmax(1)).sum())
+        count += len(ref)
+    if count == 0:
+        raise ClassifierError("no images to compare the ONNX model with PyTorch on")
+    return Parity(worst, agree / count, count)
+
+
+def verify_onnx(onnx_path, model: nn.Module, images, *, max_abs_diff: float = 1e-4,
+                min_agreement: float = 1.0) -> Parity:
+    """ONNX checker, then ONNX Runtime vs PyTorch on ``images``; raises ClassifierError below target."""
+    onnx_path = Path(onnx_path)
+    load_proto(onnx_path)  # refuses escaping external data before the checker follows it
+    try:
+        onnx.checker.check_model(str(onnx_path), full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ClassifierError(f"ONNX checker rejected {onnx_path}: {_first_line(err)}") from None
+    parity = compare_with_torch(onnx_path, model, images)
+    if parity.max_abs_diff > max_abs_diff or parity.top1_agreement < min_agreement:
+        raise ClassifierError(f"ONNX verification failed for {onnx_path}: {parity} (targets: diff <= "
+                              f"{max_abs_diff:.0e}, agreement >= {min_agreement:.0%})")
+    return parity
+
+
+def to_ort(onnx_path) -> Path:
+    """Write ``NAME.ort`` (ONNX Runtime Mobile format) and ``NAME.required_operators.config`` beside it.
+
+    The config lists the operators the model needs; pass it to ONNX Runtime's build with
+    ``--include_ops_by_config`` for a reduced-size runtime. The ``.ort`` keeps the metadata.
+    """
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    onnx_path = Path(onnx_path)
+    load_proto(onnx_path)
+    try:
+        with quiet():
+            convert_onnx_models_to_ort(onnx_path, optimization_styles=[OptimizationStyle.Fixed])
+    except Exception as err:  # noqa: BLE001 - the converter raises whatever ORT raised
+        raise ClassifierError(f"conversion of {onnx_path} to ORT format failed: {_first_line(err)}") from None
+    ort_path = onnx_path.with_suffix(".ort")
+    if not ort_path.is_file():
+        raise ClassifierError(f"conversion of {onnx_path} to ORT format wrote no {ort_path}")
+    return ort_path
+
+
+def required_operators_path(ort_path) -> Path:
+    return Path(ort_path).with_suffix(".required_operators.config")
+
+
+@contextlib.contextmanager
+def quiet():
+    """ONNX Runtime's tools print and log progress at INFO/WARNING; keep the report readable."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)

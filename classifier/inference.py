@@ -1,0 +1,217 @@
+"""One predictor for toolkit checkpoints (``.pt``) and exported models (``.onnx``, ``.ort``).
+
+Everything it needs comes from the artifact: a checkpoint carries its preprocessing and class names,
+an exported model its metadata. Both backends turn pixels into model input with the same
+``to_model_input``, so a checkpoint and its export give the same predictions::
+
+    predictor = Predictor.load("runs/demo/model.onnx")
+    probs = predictor.predict([image])            # uint8 HWC arrays of any size and channel count
+    print(predictor.classes[probs[0].argmax()])
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifier.errors import ClassifierError
+from classifier.preprocess import Preprocessing, to_model_input
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+ONNX_SUFFIXES = (".onnx", ".ort")
+
+
+def open_session(path, *, threads: int | None = None):
+    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (None: ONNX Runtime's choice)."""
+    import onnxruntime as ort
+
+    from classifier.export.onnx import load_proto
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClassifierError(f"model file not found: {path}")
+    if path.suffix != ".ort":
+        load_proto(path)  # refuses external data outside the model's folder before ORT reads it
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: optimiser notes are noise to a user
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+        raise ClassifierError(f"ONNX Runtime cannot load {path}: {str(err).strip().splitlines()[0][:200]}") from None
+
+
+def as_nchw(image) -> torch.Tensor:
+    """One uint8 HWC (or HW) image -> uint8 1xCxHxW with 1 or 3 channels (alpha dropped)."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ClassifierError(f"images must be uint8 pixels (0-255), got {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ClassifierError(f"an image must be HxW or HxWxC with C in 1-4, got shape {array.shape}")
+    array = array[:, :, :1] if array.shape[2] == 2 else array[:, :, :3]  # LA -> L, RGBA -> RGB
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # e.g. memory-mapped datasets; torch wants writable memory
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def image_groups(images):
+    """uint8 NHWC array, or list of HWC arrays -> uint8 NCHW tensors, same-shaped images batched, in order."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return [torch.cat([as_nchw(img) for img in images])] if len(images) else []
+    if not isinstance(images, (list, tuple)):
+        raise ClassifierError("images must be a list of HWC arrays or an NHWC uint8 array, "
+                              f"got {type(images).__name__} {getattr(images, 'shape', '')}")
+    tensors = [as_nchw(img) for img in images]
+    groups, run = [], []
+    for t in tensors:
+        if run and t.shape != run[0].shape:
+            groups.append(torch.cat(run))
+            run = []
+        run.append(t)
+    return groups + ([torch.cat(run)] if run else [])
+
+
+def model_input(images, prep: Preprocessing) -> torch.Tensor:
+    """uint8 images (list of HWC or NHWC) -> normalised float NCHW at the model's size and channels."""
+    groups = image_groups(images)
+    if not groups:
+        return torch.empty(0, prep.channels, *prep.size)
+    return torch.cat([to_model_input(g, prep) for g in groups])
+
+
+def pixels_at_model_size(images, prep: Preprocessing) -> torch.Tensor:
+    """uint8 images -> uint8 NCHW at the model's size and channels, for graphs with embedded preprocessing.
+
+    Uses ``to_model_input`` with a mean of 0 and std of 1 (so its output is pixels / 255): the resize and
+    channel conversion are exactly the ones the checkpoint path uses, then rounded back to uint8.
+    """
+    identity = Preprocessing(size=prep.size, channels=prep.channels, mean=(0.0,) * prep.channels,
+                             std=(1.0,) * prep.channels)
+    x = model_input(images, identity)
+    return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """Class probabilities for images, from a checkpoint or an exported model."""
+
+    def __init__(self, run, prep: Preprocessing, classes: list[str], *, source: str, backend: str,
+                 raw_pixels: bool = False, input_shape=None, metadata: dict | None = None):
+        self._run = run  # model input (numpy NCHW) -> logits (numpy N x C)
+        self.prep = prep
+        self.classes = list(classes)
+        self.source = source
+        self.backend = backend  # "torch" or "onnxruntime"
+        self.raw_pixels = raw_pixels  # the graph takes uint8 pixels (preprocessing embedded)
+        self.input_shape = input_shape  # graph input shape; str/None entries are dynamic
+        self.metadata = metadata or {}
+
+    @classmethod
+    def load(cls, path, *, threads: int | None = None) -> "Predictor":
+        path = Path(path)
+        if path.suffix in CHECKPOINT_SUFFIXES:
+            return cls._from_checkpoint(path)
+        if path.suffix in ONNX_SUFFIXES:
+            return cls._from_onnx(path, threads)
+        raise ClassifierError(f"cannot load '{path}': expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) "
+                              f"or an exported model ({', '.join(ONNX_SUFFIXES)})")
+
+    @classmethod
+    def _from_checkpoint(cls, path: Path) -> "Predictor":
+        from classifier.checkpoint import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(path)
+        prep = Preprocessing.from_dict(ckpt["preprocessing"])
+        predictor = cls.from_model(model_from_checkpoint(ckpt), prep, ckpt["classes"], source=str(path))
+        predictor.metadata = {"model_name": ckpt["model_name"], "dataset": ckpt.get("dataset"),
+                              "config": ckpt.get("config")}
+        return predictor
+
+    @classmethod
+    def from_model(cls, model, prep: Preprocessing, classes: list[str], *, source: str = "model") -> "Predictor":
+        """A predictor around a PyTorch model already in memory (CPU, put in eval mode)."""
+        model.eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).float().numpy()
+
+        return cls(run, prep, classes, source=source, backend="torch")
+
+    @classmethod
+    def _from_onnx(cls, path: Path, threads: int | None) -> "Predictor":
+        from classifier.export.onnx import decode_metadata, prep_from_metadata
+
+        session = open_session(path, threads=threads)
+        meta = decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
+        prep = prep_from_metadata(meta, source=str(path))
+        graph_input = session.get_inputs()[0]
+        name = graph_input.name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return session.run(None, {name: x})[0]
+
+        return cls(run, prep, meta["classes"], source=str(path), backend="onnxruntime",
+                   raw_pixels=bool(meta.get("preprocessing_embedded")), input_shape=list(graph_input.shape),
+                   metadata=meta)
+
+    def prepare(self, images) -> np.ndarray:
+        """uint8 images -> the array this model takes (normalised float32, or uint8 pixels if embedded)."""
+        x = pixels_at_model_size(images, self.prep) if self.raw_pixels else model_input(images, self.prep)
+        return x.numpy()
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Raw logits for prepared model input (NCHW); wrong shapes or dtypes get a one-line error."""
+        x = np.asarray(x)
+        want = np.uint8 if self.raw_pixels else np.float32
+        if x.dtype != want:
+            raise ClassifierError(f"{self.source} expects {np.dtype(want).name} input, got {x.dtype}")
+        expected = self._expected_shape()
+        if x.ndim != 4 or any(e is not None and e != g for e, g in zip(expected, x.shape[1:])):
+            shown = ", ".join("?" if e is None else str(e) for e in expected)
+            raise ClassifierError(f"{self.source} expects input of shape (N, {shown}) (channels, height, width), "
+                                  f"got {tuple(x.shape)}")
+        try:
+            return self._run(np.ascontiguousarray(x))
+        except ClassifierError:
+            raise
+        except Exception as err:  # noqa: BLE001 - ORT shape errors on dynamic graphs
+            if self.backend != "onnxruntime":
+                raise
+            raise ClassifierError(f"{self.source} failed on input {tuple(x.shape)}: "
+                                  f"{str(err).strip().splitlines()[0][:200]}") from None
+
+    def _expected_shape(self) -> list:
+        """(C, H, W) the graph was exported with; None where it accepts any size."""
+        if self.input_shape is None:  # a PyTorch model: only the channel count is fixed
+            return [self.prep.channels, None, None]
+        return [d if isinstance(d, int) else None for d in self.input_shape[1:]]
+
+    def predict(self, images, *, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (N, C) for a list of uint8 HWC images or a uint8 NHWC batch."""
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            raise ClassifierError(f"an image array must be an NHWC batch, got shape {images.shape}; "
+                                  "pass a single image as [image]")
+        outputs = [softmax(self.logits(self.prepare(images[i:i + batch_size])))
+                   for i in range(0, len(images), batch_size)]
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict_files(self, paths, *, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities (N, C) for image files (any format and mode Pillow reads)."""
+        from classifier.data import load_image
+
+        paths = list(paths)
+        outputs = [self.predict([load_image(p, self.prep.channels) for p in paths[i:i + batch_size]])
+                   for i in range(0, len(paths), batch_size)]
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)

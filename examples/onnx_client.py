@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Classify images with a model exported by ``export.py``, needing only onnxruntime, numpy and Pillow.
+
+    pip install onnxruntime numpy pillow
+    python examples/onnx_client.py runs/demo/model.onnx photo.jpg [more.png ...] [--top 3]
+
+The model file describes itself: its metadata (``metadata_props``, JSON for lists) gives the class
+names, the input size (height, width), the colour mode (L or RGB), the normalisation (mean, std on
+the 0-1 scale) and whether that normalisation is inside the graph (then the input is raw uint8
+pixels). This script is the whole recipe for a deployment in any language:
+
+    1. open the image, convert it to ``color_mode``, resize it to ``input_size``
+    2. HWC -> NCHW; if ``preprocessing_embedded`` feed uint8, else (pixel / 255 - mean) / std as float32
+    3. run, softmax the "logits" output, look the index up in ``classes``
+
+The toolkit resizes with torch's antialiased bilinear filter; Pillow's bilinear filter is very close
+but not bit-identical, so images not already at the model's size may differ in the last digits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+
+def load_model(path: str):
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    missing = [k for k in ("classes", "input_size", "color_mode", "mean", "std") if k not in meta]
+    if missing:
+        raise SystemExit(f"error: {path} has no toolkit metadata ({', '.join(missing)}); export it with export.py")
+    return session, meta
+
+
+def preprocess(image_path: str, meta: dict) -> np.ndarray:
+    """One image file -> a batch of one, as the model's metadata asks."""
+    height, width = json.loads(meta["input_size"])
+    image = ImageOps.exif_transpose(Image.open(image_path))  # phone photos store rotation in EXIF
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float gray: scale to 8 bits first
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.uint8(255 * (values - values.min()) / max(np.ptp(values), 1e-12)))
+    image = image.convert(meta["color_mode"]).resize((width, height), Image.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels  # HWC
+    nchw = pixels.transpose(2, 0, 1)[None]
+    if meta.get("preprocessing_embedded") == "true":
+        return np.ascontiguousarray(nchw)
+    mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, -1, 1, 1)
+    return ((nchw.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+def classify(session, meta: dict, image_path: str) -> np.ndarray:
+    logits = session.run(None, {session.get_inputs()[0].name: preprocess(image_path, meta)})[0][0]
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Classify images with an exported ONNX/ORT model.")
+    parser.add_argument("model", help="model.onnx or model.ort written by export.py")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    args = parser.parse_args()
+    session, meta = load_model(args.model)
+    classes = json.loads(meta["classes"])
+    for path in args.images:
+        probs = classify(session, meta, path)
+        best = np.argsort(probs)[::-1][: args.top]
+        shown = ", ".join(f"{classes[i]} {probs[i]:.1%}" for i in best)
+        print(f"{classes[best[0]]}\t{path}\t({shown})")
+
+
+if __name__ == "__main__":
+    main()
