@@ -73,7 +73,7 @@ def load_run_splits(ckpt_path: Path, ckpt: dict, data_dir: str | None) -> RunSpl
             splits, info = {}, None
             for name in record.get("splits", {}):
                 info, splits[name] = samples_from_record(None, root, record, name, download=False)
-            where = f"split recorded in {split_file}"
+            where = f"the split recorded in {split_file}"
         else:
             spec = ckpt.get("dataset") or config.get("dataset")
             if not spec:
@@ -133,8 +133,7 @@ def predictions(predictor, samples, batch_size: int = 256) -> np.ndarray:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from classifier.checkpoint import load_checkpoint, model_from_checkpoint
-    from classifier.export import (benchmark, checkpoint_metadata, export_onnx, format_results, quantize_int8,
-                                   required_operators_path, to_ort, verify_onnx)
+    from classifier.export import benchmark, checkpoint_metadata, export_onnx
     from classifier.inference import Predictor
     from classifier.preprocess import Preprocessing
 
@@ -149,45 +148,60 @@ def main(argv=None):
 
     export_onnx(model, prep, checkpoint_metadata(ckpt), out, dynamic_size=args.dynamic_size,
                 embed_preprocessing=args.embed_preprocessing, opset=args.opset)
-    torch_predictor = Predictor.from_model(model, prep, ckpt["classes"], source=str(ckpt_path))
-    fp32 = Row("ONNX fp32", out)
     print(f"exported {out} ({ckpt['model_name']}, input {prep.channels}x{prep.size[0]}x{prep.size[1]}"
-          f"{', uint8 pixels' if args.embed_preprocessing else ''}; {data.note})")
-    if not args.no_verify:
-        fp32.max_diff = _verify(out, model, prep, data, verify_onnx)
+          f"{' uint8 pixels' if args.embed_preprocessing else ''}; data: {data.note})")
+    fp32 = Row("ONNX fp32", out, max_diff=None if args.no_verify else _verify(out, model, prep, data))
+    rows = [Row("PyTorch"), fp32, *_derived_models(args, out, data)]
 
-    rows = [Row("PyTorch"), fp32]
-    if args.quantize:
-        int8_path = out.with_name(f"{out.stem}.int8.onnx")
-        batches = _calibration_batches(Predictor.load(out), data) if args.quantize_method == "static" else None
-        quantize_int8(out, int8_path, calibration_batches=batches, method=args.quantize_method)
-        rows.append(Row("ONNX int8", int8_path))
-    if args.mobile:
-        for row in list(rows[1:]):
-            ort_path = to_ort(row.path)
-            rows.append(Row(f".ort {row.name.split()[-1]}", ort_path))
-            print(f"mobile: {ort_path} (operators for a reduced build: {required_operators_path(ort_path)})")
-
-    _fill_accuracy(rows, torch_predictor, data)
-    onnx_rows = {r.name: r.path for r in rows if r.path is not None}
-    timed = benchmark(prep, model=model, onnx_models=onnx_rows, batch=32 if args.benchmark else None,
-                      runs=50 if args.benchmark else 20, budget_s=2.0 if args.benchmark else 0.5)
+    _fill_accuracy(rows, Predictor.from_model(model, prep, ckpt["classes"], source=str(ckpt_path)), data)
+    timed = benchmark(prep, model=model, onnx_models={r.name: r.path for r in rows if r.path is not None},
+                      batch=32 if args.benchmark else None, runs=50 if args.benchmark else 20,
+                      budget_s=2.0 if args.benchmark else 0.5)
     for row, result in zip(rows, timed):
         row.latency_ms = result.median_ms
-    test = data.get("test", "val")
-    print(f"\n{'format':<12} {'size':>11} {'test acc':>8}  {'agree PT':>8}  {'max|dlog|':>9}  {'latency b1':>11}")
-    for row in rows:
-        print(row.line())
-    print(f"(accuracy and agreement on {len(test)} {'test' if data.get('test') else 'val'} images; "
-          f"latency: median, batch 1, {timed[0].threads} thread(s))" if test is not None
-          else f"(no test data: {data.note}; latency: median, batch 1, {timed[0].threads} thread(s))")
-    if args.benchmark:
-        print("\n" + format_results(timed))
+    print_report(rows, data, timed, full_benchmark=args.benchmark)
     return out
 
 
-def _verify(out: Path, model, prep, data: RunSplits, verify_onnx) -> float:
+def _derived_models(args, out: Path, data: RunSplits) -> list[Row]:
+    """int8 (--quantize) and ORT-format (--mobile) versions of the verified fp32 model."""
+    from classifier.export import quantize_int8, read_metadata, required_operators_path, to_ort
+    from classifier.inference import Predictor
+
+    rows = [Row("ONNX fp32", out)]
+    if args.quantize:
+        int8_path = out.with_name(f"{out.stem}.int8.onnx")
+        batches = calibration_batches(Predictor.load(out), data) if args.quantize_method == "static" else None
+        quantize_int8(out, int8_path, calibration_batches=batches, method=args.quantize_method)
+        print(f"quantized: {int8_path} ({read_metadata(int8_path)['quantization']})")
+        rows.append(Row("ONNX int8", int8_path))
+    if args.mobile:
+        for row in list(rows):
+            ort_path = to_ort(row.path)
+            rows.append(Row(f".ort {row.name.split()[-1]}", ort_path))
+            print(f"mobile: {ort_path} (operators for a reduced build: {required_operators_path(ort_path)})")
+    return rows[1:]
+
+
+def print_report(rows: list[Row], data: RunSplits, timed, *, full_benchmark: bool) -> None:
+    from classifier.export import format_results
+
+    print(f"\n{'format':<12} {'size':>11} {'test acc':>8}  {'agree PT':>8}  {'max|dlog|':>9}  {'latency b1':>11}")
+    for row in rows:
+        print(row.line())
+    samples = data.get("test", "val")
+    where = (f"accuracy and agreement with PyTorch on {len(samples)} {'test' if data.get('test') else 'val'} images"
+             if samples is not None else f"no accuracy: {data.note}")
+    print(f"({where}; max|dlog|: largest logit difference from PyTorch in the parity check; "
+          f"latency: median at batch 1, {timed[0].threads} thread(s))")
+    if full_benchmark:
+        print("\n" + format_results(timed))
+
+
+def _verify(out: Path, model, prep, data: RunSplits) -> float:
     """Parity check on val (else test) images, random pixels without data; a failure removes the file."""
+    from classifier.export import verify_onnx
+
     samples = data.get("val", "test")
     if samples is not None:
         images = sample_images(samples, prep.channels, seeded_subset(len(samples), PARITY_IMAGES))
@@ -206,7 +220,7 @@ def _verify(out: Path, model, prep, data: RunSplits, verify_onnx) -> float:
     return parity.max_abs_diff
 
 
-def _calibration_batches(fp32_predictor, data: RunSplits):
+def calibration_batches(fp32_predictor, data: RunSplits):
     """Model-input batches of training images, prepared exactly as the fp32 model takes them."""
     train = data.get("train")
     if train is None:
