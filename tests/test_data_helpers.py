@@ -81,7 +81,8 @@ def write_eurosat(folder: Path, per_class=3, seed=0) -> None:
     for c in EUROSAT:
         (folder / c).mkdir(parents=True, exist_ok=True)
         for i in range(1, per_class + 1):
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / c / f"{c}_{i}.jpg", quality=90)
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / c / f"{c}_{i}.jpg", quality=90)
 
 
 def write_image_folder(folder: Path, images: np.ndarray, labels, classes=None, ext=".png") -> list[Path]:

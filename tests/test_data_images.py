@@ -79,6 +79,7 @@ def test_bad_files_raise_bad_image_error(tmp_path):
         assert isinstance(info.value, ClassifierError) and "\n" not in msg and path.name in msg
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bomb_refused(tmp_path, monkeypatch):
     Image.new("L", (40, 40)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 pixels: over the limit, under 2x

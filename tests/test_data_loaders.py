@@ -12,6 +12,7 @@ from test_data_helpers import code_images, index_images, write_image_folder  # n
 
 from classifier.data import (PRESETS, InMemoryLoader, Samples, StreamingLoader, augment_batch,  # noqa: E402
                              build_loader, load_dataset)
+from classifier.data import loaders  # noqa: E402
 from classifier.errors import ClassifierError  # noqa: E402
 from classifier.preprocess import Preprocessing  # noqa: E402
 
@@ -42,7 +43,7 @@ def test_fast_and_streaming_paths_agree(tmp_path, size):
     files = _files_like(tmp_path, arrays)
     prep = Preprocessing(size=size, channels=3, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
     fast = build_loader(arrays, prep, train=False, batch_size=4)
-    slow = build_loader(files, prep, train=False, batch_size=4, workers=0)
+    slow = build_loader(files, prep, train=False, batch_size=4, workers=0, cache=False)
     assert isinstance(fast, InMemoryLoader) and isinstance(slow, StreamingLoader)
     assert len(fast) == len(slow) == 4
     for (xa, ya), (xb, yb) in zip(fast, slow):
@@ -55,7 +56,7 @@ def test_gray_dataset_for_rgb_model(tmp_path):
     arrays = _arrays(6, channels=1)
     files = _files_like(tmp_path, arrays)
     fast = list(build_loader(arrays, RAW3, train=False, batch_size=6))
-    slow = list(build_loader(files, RAW3, train=False, batch_size=6, workers=0))
+    slow = list(build_loader(files, RAW3, train=False, batch_size=6, workers=0, cache=False))
     assert fast[0][0].shape == (6, 3, 8, 8)
     torch.testing.assert_close(fast[0][0], slow[0][0], rtol=0, atol=1e-4)
 
@@ -95,7 +96,7 @@ def test_streaming_preset_keeps_labels_aligned(tmp_path):
     labels = np.arange(12) % 3
     samples = Samples(labels=labels, images=code_images(labels, size=(16, 16), channels=3))
     files = _files_like(tmp_path, samples)
-    loader = build_loader(files, RAW3_16, train=True, batch_size=5, augment="strong", workers=0, seed=2)
+    loader = build_loader(files, RAW3_16, train=True, batch_size=5, augment="strong", workers=0, seed=2, cache=False)
     seen = 0
     for x, y in loader:
         code = (20 * y + 10).float()[:, None, None, None]
@@ -109,7 +110,7 @@ def test_streaming_preset_keeps_labels_aligned(tmp_path):
 def test_deterministic_and_resumable(tmp_path, path):
     arrays = _arrays(23)
     samples = arrays if path == "fast" else _files_like(tmp_path, arrays)
-    kw = dict(train=True, batch_size=4, augment="strong", seed=7, workers=0)
+    kw = dict(train=True, batch_size=4, augment="strong", seed=7, workers=0, cache=False)
     a, b = build_loader(samples, RAW3, **kw), build_loader(samples, RAW3, **kw)
     a.set_epoch(3)
     b.set_epoch(3)
@@ -126,7 +127,7 @@ def test_deterministic_and_resumable(tmp_path, path):
 
 def test_streaming_workers_match_main_process(tmp_path):
     files = _files_like(tmp_path, _arrays(10))
-    kw = dict(train=True, batch_size=3, augment="light", seed=0)
+    kw = dict(train=True, batch_size=3, augment="light", seed=0, cache=False)
     x0, y0 = _collect(build_loader(files, RAW3, workers=0, **kw))
     x2, y2 = _collect(build_loader(files, RAW3, workers=2, **kw))
     assert all(torch.equal(p, q) for p, q in zip(x0, x2)) and all(torch.equal(p, q) for p, q in zip(y0, y2))
@@ -168,10 +169,40 @@ def test_bad_files_are_skipped(tmp_path):
     bad = [str(tmp_path / "imgs" / p) for p in ("class0/empty.png", "class1/text.jpg", "class2/cut.jpg")]
     samples = Samples(labels=np.concatenate([files.labels, [0, 1, 2]]), paths=files.paths + bad)
     for workers in (0, 2):
-        loader = build_loader(samples, RAW3, train=False, batch_size=4, workers=workers)
+        loader = build_loader(samples, RAW3, train=False, batch_size=4, workers=workers, cache=False)
         got = torch.cat([y for _, y in loader])
         assert got.tolist() == files.labels.tolist()
         assert sorted(loader.skipped) == sorted(bad)
+
+
+def test_small_file_dataset_decoded_once_into_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(loaders, "CACHE_DIR", tmp_path / "cache")
+    arrays = _arrays(9)
+    files = _files_like(tmp_path, arrays)
+    (tmp_path / "imgs" / "class0" / "empty.png").write_bytes(b"")
+    samples = Samples(labels=np.append(files.labels, 0), paths=files.paths + [str(tmp_path / "imgs/class0/empty.png")])
+    fast = build_loader(samples, RAW3, train=False, batch_size=4)
+    assert isinstance(fast, InMemoryLoader) and fast.skipped == [samples.paths[-1]]
+    x, y = map(torch.cat, zip(*fast))
+    assert torch.equal(x, torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float())
+    assert torch.equal(y, torch.from_numpy(arrays.labels))
+    assert not (tmp_path / "cache").exists()  # a quick decode is not worth a file
+
+    monkeypatch.setattr(loaders, "DISK_CACHE_AFTER_SECONDS", -1.0)
+    build_loader(samples, RAW3, train=False, batch_size=4)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    monkeypatch.setattr(loaders, "_decode_all", lambda *a: pytest.fail("decoded again despite the cache"))
+    again = build_loader(samples, RAW3, train=False, batch_size=4)
+    assert torch.equal(torch.cat([x for x, _ in again]), x)
+
+
+def test_mixed_sizes_or_too_large_stream(tmp_path, monkeypatch):
+    files = _files_like(tmp_path, _arrays(6))
+    Image.new("RGB", (5, 7)).save(files.paths[3])
+    assert isinstance(build_loader(files, RAW3, train=False, batch_size=4, workers=0), StreamingLoader)
+    monkeypatch.setattr(loaders, "MEMORY_CACHE_BYTES", 100)
+    files = _files_like(tmp_path / "other", _arrays(6))
+    assert isinstance(build_loader(files, RAW3, train=False, batch_size=4, workers=0), StreamingLoader)
 
 
 def test_folder_dataset_end_to_end(tmp_path):

@@ -81,6 +81,11 @@ def test_record_round_trip_arrays(tmp_path, monkeypatch):
         np.testing.assert_array_equal(again.images, splits[name].images)
         np.testing.assert_array_equal(again.labels, splits[name].labels)
 
+    from test_data_helpers import write_idx
+    write_idx(tmp_path / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(10, np.uint8))
+    with pytest.raises(ClassifierError, match="different version"):
+        samples_from_record(None, tmp_path, loaded, "test", download=False)
+
 
 def test_record_round_trip_files(tmp_path):
     labels = np.repeat(np.arange(3), 10)

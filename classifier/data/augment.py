@@ -181,7 +181,8 @@ def build_pipeline(config) -> object:
 
 def _build_transform(A, item, where: str):
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise ClassifierError(f"{where} must be a mapping with a 'name', e.g. {{name: HorizontalFlip, p: 0.5}}; got {item!r}")
+        raise ClassifierError(f"{where} must be a mapping with a 'name', e.g. {{name: HorizontalFlip, p: 0.5}}; "
+                              f"got {item!r}")
     kwargs = {k: _tuples(v) for k, v in item.items() if k != "name"}
     name = item["name"]
     cls = getattr(A, name, None)

@@ -393,7 +393,7 @@ _SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test
 
 def load_folder(path: str | os.PathLike):
     """``PATH/{train,val,test}/<class>/...`` (val/test optional) or ``PATH/<class>/...``."""
-    base = Path(path)
+    base = Path(path).expanduser()
     if not base.is_dir():
         raise ClassifierError(f"dataset folder '{path}' does not exist")
     if (base / "train").is_dir():

@@ -15,7 +15,8 @@ training. Rules, in order:
 from __future__ import annotations
 
 import os
-import warnings
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,19 +50,21 @@ def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     path = os.fspath(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                _refuse_bomb(im)
-                im.load()
-                return pil_to_array(im, channels)
+        # Image.open warns above MAX_IMAGE_PIXELS (and raises above twice that); _refuse_bomb makes the
+        # warning case an error too. No warnings.catch_warnings here: it is not thread-safe, and
+        # images are decoded from threads.
+        with Image.open(path) as im:
+            _refuse_bomb(im)
+            im.load()
+            return pil_to_array(im, channels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"{path}: refused, too many pixels ({_first_line(err)})") from None
     except FileNotFoundError:
         raise BadImageError(f"{path}: file not found") from None
     except Image.UnidentifiedImageError:
         raise BadImageError(f"{path}: not a readable image") from None
-    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError, struct.error,
+            zlib.error) as err:
         # PIL reports truncated/corrupt data with any of these, depending on the format plugin.
         raise BadImageError(f"{path}: cannot decode ({_first_line(err)})") from None
 
@@ -79,7 +82,7 @@ def pil_to_array(im: Image.Image, channels: int) -> np.ndarray:
     # L -> RGB replicates; RGB -> L is ITU-R 601-2 luma (classifier.preprocess.LUMA). Composited
     # gray (R=G=B) comes back exactly, the integer luma weights sum to 1.
     im = im.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy (asarray can be read-only)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr)
@@ -114,7 +117,7 @@ def _scale_by_range(a: np.ndarray, allow_unit: bool) -> np.ndarray:
 
 
 def _refuse_bomb(im: Image.Image) -> None:
-    # Image.open already warns above the limit; check explicitly too, in case warnings are filtered.
+    # Image.open only warns between the limit and twice the limit: refuse that range as well.
     limit = Image.MAX_IMAGE_PIXELS
     if limit and im.size[0] * im.size[1] > limit:
         raise Image.DecompressionBombError(f"{im.size[0]}x{im.size[1]} exceeds the limit of {limit} pixels")
@@ -128,12 +131,10 @@ def _first_line(err: BaseException) -> str:
 def image_size(path: str | os.PathLike) -> tuple[tuple[int, int], str] | None:
     """((height, width), mode) read from the header only, or None if unreadable."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(Path(path)) as im:
-                w, h = im.size
-                if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
-                    w, h = h, w  # exif_transpose swaps the axes for these orientations
-                return (h, w), im.mode
+        with Image.open(Path(path)) as im:
+            w, h = im.size
+            if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w  # exif_transpose swaps the axes for these orientations
+            return (h, w), im.mode
     except Exception:  # noqa: BLE001 - a header we cannot read is just "unknown"
         return None

@@ -8,6 +8,10 @@
   ``to_model_input`` per sample. An unreadable file is skipped and listed in ``loader.skipped``;
   it never stops training.
 
+File samples with preset augmentation take the fast path too when they all decode to one size and
+fit in ``MEMORY_CACHE_BYTES`` (EuroSAT, small folders): they are decoded once, by threads, into an
+in-memory array, and a slow decode is saved on disk for the next run (``decode_to_memory``).
+
 Order. A training epoch is a permutation seeded by (seed, epoch), padded by repeating its head to a
 multiple of ``world_size``; rank r takes every world_size-th index starting at r, as
 torch's DistributedSampler does, so all ranks have the same number of batches. Evaluation is not
@@ -20,9 +24,14 @@ augmentation a function of (seed, epoch, sample index), it yields exactly the ta
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +39,7 @@ import torch
 from classifier.data.augment import (Preset, apply_pipeline, augment_batch, build_pipeline, preset_pipeline,
                                      resolve_augment)
 from classifier.data.datasets import Samples
-from classifier.data.images import BadImageError, load_image
+from classifier.data.images import BadImageError, image_size, load_image
 from classifier.errors import ClassifierError
 from classifier.preprocess import Preprocessing, to_model_input
 
@@ -39,19 +48,26 @@ log = logging.getLogger(__name__)
 
 def build_loader(samples: Samples, prep: Preprocessing, *, train: bool, batch_size: int, augment="none",
                  seed: int = 0, rank: int = 0, world_size: int = 1, workers: int | None = None,
-                 drop_last: bool | None = None) -> "Loader":
+                 drop_last: bool | None = None, cache: bool | None = None) -> "Loader":
     """A loader yielding ``(x, y)``: x float32 NCHW ready for the model, y int64.
 
     ``augment``: a preset name (see ``classifier.data.augment.PRESETS``) or a list of albumentations
     transforms (forces the streaming path). ``drop_last`` defaults to ``train``, but a rank with fewer
     samples than one batch keeps its partial batch. ``workers`` (streaming only) defaults to
-    min(4, CPU count).
+    min(4, CPU count). ``cache``: decode file samples once into memory and use the fast path
+    (None: when they all have one size and fit in ``MEMORY_CACHE_BYTES``; False: always stream).
     """
     aug = resolve_augment(augment)
     common = dict(train=train, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                   drop_last=drop_last)
     if samples.in_memory and isinstance(aug, Preset):
         return InMemoryLoader(samples, prep, aug, **common)
+    if not samples.in_memory and isinstance(aug, Preset) and cache is not False:
+        decoded = decode_to_memory(samples, prep.channels, max_bytes=None if cache else MEMORY_CACHE_BYTES)
+        if decoded is not None:
+            loader = InMemoryLoader(decoded[0], prep, aug, **common)
+            loader.skipped = decoded[1]
+            return loader
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     return StreamingLoader(samples, prep, aug, workers=workers, **common)
@@ -162,6 +178,9 @@ class SampleDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def __getstate__(self):  # workers build their own pipelines (spawn start method pickles us)
+        return {**self.__dict__, "_pipelines": {}}
+
     def __getitem__(self, item):
         index, epoch = item
         label = int(self.samples.labels[index])
@@ -210,6 +229,110 @@ class SampleDataset(torch.utils.data.Dataset):
         if self.samples.in_memory:
             return f"sample {index} ({'x'.join(map(str, self.samples.images.shape[1:]))})"
         return self.samples.paths[index]
+
+
+# --- decoding small file datasets once -----------------------------------------------------------
+MEMORY_CACHE_BYTES = 1 << 30  # decoded uint8 pixels a file dataset may take to use the fast path
+DISK_CACHE_AFTER_SECONDS = 5.0  # decoding slower than this is saved for the next run
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "classifier" / "decoded"
+
+
+def decode_to_memory(samples: Samples, channels: int, *, max_bytes: int | None = MEMORY_CACHE_BYTES):
+    """(in-memory Samples, skipped paths) for file samples that all decode to one size, else None.
+
+    Unreadable files are dropped (and returned as skipped). A decode that took longer than
+    ``DISK_CACHE_AFTER_SECONDS`` is saved under ``CACHE_DIR``, keyed by the file list with sizes and
+    modification times and the channel count, so an unchanged dataset decodes only once.
+    """
+    if not len(samples):
+        return None
+    first = next((h for h in map(image_size, samples.paths[:16]) if h is not None), None)
+    if first is None:
+        return None
+    (h, w), _ = first
+    if max_bytes is not None and len(samples) * h * w * channels > max_bytes:
+        return None
+    key = _cache_key(samples.paths, channels)
+    cached = _read_cache(key, len(samples), (h, w, channels))
+    if cached is None:
+        started = time.perf_counter()
+        cached = _decode_all(samples.paths, channels, (h, w))
+        if cached is None:
+            return None  # mixed sizes: stream
+        if time.perf_counter() - started > DISK_CACHE_AFTER_SECONDS:
+            _write_cache(key, *cached)
+    images, ok = cached
+    keep = np.flatnonzero(ok)
+    skipped = [samples.paths[i] for i in np.flatnonzero(~ok)]
+    for path in skipped:
+        log.warning("skipping unreadable image: %s", path)
+    if not len(keep):
+        return None
+    out = Samples(labels=samples.labels[keep], images=images[keep] if len(keep) < len(ok) else images,
+                  root=samples.root, source=samples.source, index=samples.index[keep])
+    return out, skipped
+
+
+def _decode_all(paths: list[str], channels: int, size: tuple[int, int]):
+    images = np.zeros((len(paths), *size, channels), np.uint8)
+    ok = np.ones(len(paths), bool)
+
+    def decode(i):
+        try:
+            return i, load_image(paths[i], channels)
+        except BadImageError:
+            return i, None
+
+    # PIL decodes with the GIL released, so threads scale; a different size stops everything early
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        for i, image in pool.map(decode, range(len(paths)), chunksize=64):
+            if image is None:
+                ok[i] = False
+            elif image.shape[:2] != size:
+                pool.shutdown(wait=False, cancel_futures=True)
+                return None
+            else:
+                images[i] = image
+    return images, ok
+
+
+def _cache_key(paths: list[str], channels: int) -> str:
+    h = hashlib.sha256(f"decoded-v1 channels={channels}\n".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{os.path.abspath(p)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{os.path.abspath(p)}\tmissing\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _read_cache(key: str, n: int, shape: tuple):
+    path = CACHE_DIR / f"{key}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, ok = z["images"], z["ok"]
+        if images.shape == (n, *shape) and images.dtype == np.uint8 and ok.shape == (n,):
+            return images, ok.astype(bool)
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _write_cache(key: str, images: np.ndarray, ok: np.ndarray) -> None:
+    tmp = None
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz.tmp", dir=CACHE_DIR)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=images, ok=ok)
+        os.replace(tmp, CACHE_DIR / f"{key}.npz")
+    except OSError as err:  # a read-only or full disk is fine: we just decode again next time
+        log.warning("could not save decoded images to %s: %s", CACHE_DIR, err)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

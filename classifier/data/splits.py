@@ -160,13 +160,20 @@ def samples_from_record(spec: str | None, root: str | os.PathLike, record: dict,
         if len(idx) and (idx.min() < 0 or idx.max() >= len(source)):
             raise ClassifierError(f"split record indices exceed the {len(source)} samples of "
                                   f"{info.name} {entry['source']}: a different version of the dataset?")
-        return info, source.subset(idx)
-    where = {p: i for i, p in enumerate(source.relative_paths())}
-    missing = [p for p in entry["paths"] if p not in where]
-    if missing:
-        raise ClassifierError(f"{len(missing)} file(s) of the recorded {split_name} split are missing from "
-                              f"{source.root}, e.g. {missing[0]}")
-    return info, source.subset([where[p] for p in entry["paths"]])
+    else:
+        where = {p: i for i, p in enumerate(source.relative_paths())}
+        missing = [p for p in entry["paths"] if p not in where]
+        if missing:
+            raise ClassifierError(f"{len(missing)} file(s) of the recorded {split_name} split are missing from "
+                                  f"{source.root}, e.g. {missing[0]}")
+        idx = [where[p] for p in entry["paths"]]
+    samples = source.subset(idx)
+    counts = np.bincount(samples.labels, minlength=len(info.classes)).tolist()
+    if "class_counts" in entry and counts != entry["class_counts"]:
+        raise ClassifierError(f"the labels of the recorded {split_name} split differ from {info.name} now "
+                              f"(class counts {counts} vs {entry['class_counts']}): "
+                              "a different version of the dataset?")
+    return info, samples
 
 
 def _seed_key(seed: int) -> int:
