@@ -44,26 +44,28 @@ def open_session(path, *, threads: int | None = None):
         raise ClassifierError(f"ONNX Runtime cannot load {path}: {str(err).strip().splitlines()[0][:200]}") from None
 
 
-def as_nchw(image) -> torch.Tensor:
-    """One uint8 HWC (or HW) image -> uint8 1xCxHxW with 1 or 3 channels (alpha dropped)."""
-    array = np.asarray(image)
+def as_nchw(images) -> torch.Tensor:
+    """A uint8 HW or HWC image, or an NHWC batch -> uint8 NCHW with 1 or 3 channels (alpha dropped)."""
+    array = np.asarray(images)
     if array.dtype != np.uint8:
         raise ClassifierError(f"images must be uint8 pixels (0-255), got {array.dtype}")
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise ClassifierError(f"an image must be HxW or HxWxC with C in 1-4, got shape {array.shape}")
-    array = array[:, :, :1] if array.shape[2] == 2 else array[:, :, :3]  # LA -> L, RGBA -> RGB
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[3] not in (1, 2, 3, 4):
+        raise ClassifierError(f"an image must be HxW or HxWxC with C in 1-4, got shape {array.shape[1:]}")
+    array = array[..., :1] if array.shape[3] == 2 else array[..., :3]  # LA -> L, RGBA -> RGB
     array = np.ascontiguousarray(array)
     if not array.flags.writeable:  # e.g. memory-mapped datasets; torch wants writable memory
         array = array.copy()
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+    return torch.from_numpy(array).permute(0, 3, 1, 2)
 
 
 def image_groups(images):
     """uint8 NHWC array, or list of HWC arrays -> uint8 NCHW tensors, same-shaped images batched, in order."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
-        return [torch.cat([as_nchw(img) for img in images])] if len(images) else []
+        return [as_nchw(images)] if len(images) else []
     if not isinstance(images, (list, tuple)):
         raise ClassifierError("images must be a list of HWC arrays or an NHWC uint8 array, "
                               f"got {type(images).__name__} {getattr(images, 'shape', '')}")

@@ -249,3 +249,19 @@ def test_checkpoint_metadata_is_plain(colour_run):
     meta = checkpoint_metadata(load_checkpoint(colour_run))
     assert meta["classes"] == CLASSES and meta["model_name"] == "lenet5"
     json.dumps(meta)
+
+
+def test_export_command_without_data(lenet, prep, tmp_path, capsys):
+    from classifier.commands.export import main
+
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt", "lenet5", dataset=f"folder:{tmp_path / 'gone'}",
+                           prep=prep, classes=CLASSES, model=lenet)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), "--quantize", "int8"])
+    assert "calibrates on training images" in capsys.readouterr().err
+    out = tmp_path / "deploy" / "net.onnx"
+    main(["--checkpoint", str(ckpt), "--output", str(out), "--quantize", "int8", "--quantize-method", "dynamic",
+          "--embed-preprocessing", "--opset", "18"])
+    report = capsys.readouterr().out
+    assert "64 random images" in report and "no accuracy" in report
+    assert read_metadata(out.with_name("net.int8.onnx"))["preprocessing_embedded"] is True
