@@ -122,13 +122,20 @@ def test_embedded_preprocessing_takes_uint8_pixels(lenet, prep, tmp_path):
 
 
 def test_dynamic_size_export_runs_at_other_sizes(prep, tmp_path):
-    model = create_model("resnet", num_classes=3, in_chans=3).eval()
+    model = create_model("vggnet", num_classes=3, in_chans=3).eval()
     path = export_onnx(model, prep, {"classes": CLASSES}, tmp_path / "dyn.onnx", dynamic_size=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = to_model_input(torch.from_numpy(random_images(2, size=48)).permute(0, 3, 1, 2), prep)
     x = nn.functional.interpolate(x, size=(48, 40))
     with torch.inference_mode():
         assert np.abs(session.run(None, {"input": x.numpy()})[0] - model(x).numpy()).max() <= 1e-4
+
+
+def test_dynamic_size_refused_for_fixed_size_models(prep, tmp_path):
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * (SIZE - 2) ** 2, 3)).eval()
+    with pytest.raises(ClassifierError, match="only runs at its own input size"):
+        export_onnx(fixed, prep, {}, tmp_path / "fixed.onnx", dynamic_size=True)
+    assert not (tmp_path / "fixed.onnx").exists()
 
 
 def test_unsupported_layer_is_a_one_line_error(prep, tmp_path):

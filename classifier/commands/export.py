@@ -227,9 +227,8 @@ def calibration_batches(fp32_predictor, data: RunSplits):
         raise ClassifierError(f"static int8 quantization calibrates on training images, but there are none "
                               f"({data.note}); pass --data-dir or use --quantize-method dynamic")
     idx = seeded_subset(len(train), CALIBRATION_IMAGES)
-    for start in range(0, len(idx), CALIBRATION_BATCH):
-        images = sample_images(train, fp32_predictor.prep.channels, idx[start:start + CALIBRATION_BATCH])
-        yield fp32_predictor.prepare(images)
+    return (fp32_predictor.prepare(sample_images(train, fp32_predictor.prep.channels, idx[i:i + CALIBRATION_BATCH]))
+            for i in range(0, len(idx), CALIBRATION_BATCH))
 
 
 def _fill_accuracy(rows: list[Row], torch_predictor, data: RunSplits) -> None:

@@ -53,6 +53,7 @@ def quantize_int8(fp32_path, out_path, *, calibration_batches=None, method: str 
         raise ClassifierError("static int8 quantization needs calibration images; "
                               "give training data or use the dynamic method")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     source = load_proto(fp32_path)
     embedded = any(p.key == "preprocessing_embedded" and p.value == "true" for p in source.metadata_props)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize-") as tmp:
@@ -66,6 +67,8 @@ def quantize_int8(fp32_path, out_path, *, calibration_batches=None, method: str 
                     quantize_static(prepared, quantized, reader, quant_format=QuantFormat.QDQ,
                                     per_channel=per_channel, activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8)
+                except ClassifierError:
+                    raise
                 except Exception as err:  # noqa: BLE001
                     raise ClassifierError(f"static int8 quantization failed: {_first_line(err)}") from None
                 if reader.images == 0:
