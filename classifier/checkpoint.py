@@ -97,7 +97,8 @@ def model_from_checkpoint(ckpt: dict):
     """Rebuild the model described by a toolkit checkpoint and load its weights (eval mode, CPU)."""
     from classifier.models import create_model
 
-    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"])
+    kwargs = (ckpt.get("config") or {}).get("extra") or {}  # builder options such as width or depth
+    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"], **kwargs)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -61,6 +61,7 @@ class Config:
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # torch intra-op threads (default: torch's choice)
+    sync_bn: bool = False  # torchrun: synchronise BatchNorm statistics across processes
     deterministic: bool = False  # deterministic algorithms (exact resume on CPU is exact anyway)
     # --- run bookkeeping
     seed: int = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,3 +152,24 @@ def test_unknown_model_suggests(tmp_path, tiny_folder, capsys):
     with pytest.raises(SystemExit):
         train(tmp_path, tiny_folder, "--model", "resnet19")
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_checkpoint_with_builder_options_reloads_for_inference(tmp_path, tiny_folder):
+    from classifier.inference import Predictor
+
+    run = train(tmp_path, tiny_folder, "--model", "vggnet", "--extra", "{width: 8}", "--epochs", "1")
+    predictor = Predictor.load(run / "best.pt")
+    probs = predictor.predict([np.full((16, 16, 3), 200, np.uint8)])
+    assert probs.shape == (1, 3) and abs(probs.sum() - 1) < 1e-5
+
+
+def test_default_augmentation_is_the_datasets(tmp_path, tiny_folder):
+    from classifier.config import make_config
+    from classifier.data import default_augment
+    from classifier.engine.runtime import Dist
+    from classifier.engine.setup import prepare_data
+
+    data = prepare_data(make_config({"model": "lenet5", "dataset": f"folder:{tiny_folder}", "workers": 0}),
+                        tmp_path, Dist())
+    assert default_augment(data.info.name) != "none"
+    assert not data.loaders["train"].augment.is_identity

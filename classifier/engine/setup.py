@@ -94,7 +94,7 @@ def cap_per_class(samples, max_per_class: int, seed: int):
 
 
 def prepare_data(cfg: Config, run_dir: Path, dist: Dist, *, resumed: bool = False) -> RunData:
-    from classifier.data import build_loader, load_dataset, load_split, save_split, split_dataset
+    from classifier.data import build_loader, default_augment, load_dataset, load_split, save_split, split_dataset
     from classifier.models import model_entry
 
     entry = model_entry(cfg.model)
@@ -112,7 +112,8 @@ def prepare_data(cfg: Config, run_dir: Path, dist: Dist, *, resumed: bool = Fals
     common = dict(prep=prep, batch_size=cfg.batch_size, seed=cfg.seed, rank=dist.rank,
                   world_size=dist.world_size, workers=cfg.workers)
     loaders = {
-        "train": build_loader(splits["train"], train=True, augment=cfg.augment, **common),
+        "train": build_loader(splits["train"], train=True, **common,
+                              augment=cfg.augment if cfg.augment is not None else default_augment(info.name)),
         "val": build_loader(splits["val"], train=False, **common),
     }
     return RunData(info, classes, splits, record, prep, loaders)
@@ -149,7 +150,7 @@ def wrap_model(model, cfg: Config, dist: Dist, device: torch.device):
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        if cfg.extra.get("sync_bn"):
+        if cfg.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
