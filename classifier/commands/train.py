@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-models", nargs="?", const="*", metavar="PATTERN",
                         help="list registered models (optionally matching a pattern, e.g. 'timm/resnet*') and exit")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument("--visualize", action="store_true",
+                        help="save a grid of sample training images per class of --dataset and exit")
+    parser.add_argument("--save", metavar="PNG", help="where --visualize writes its grid (default: DATASET-samples.png)")
     add_config_arguments(parser)
     return parser
 
@@ -37,6 +40,29 @@ def list_models_text(pattern: str) -> str:
     return "\n".join(lines)
 
 
+def visualize(cfg, save: str | None, per_class: int = 8):
+    """Dataset viewer: the first ``per_class`` training images of every class, one row per class."""
+    import numpy as np
+
+    from classifier.data import load_dataset
+    from classifier.evaluation import images_to_uint8_batch, iter_image_batches
+    from classifier.report.plots import plot_dataset_grid
+
+    info, official = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    samples = official["train"]
+    labels = np.asarray(samples.labels)
+    picked = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(info.classes))])
+    images, shown_labels, skipped = [], [], []
+    for _, batch, batch_labels in iter_image_batches(samples.subset(picked), info.channels, 256, skipped):
+        images += batch
+        shown_labels += list(batch_labels)
+    side = min(max(max(im.shape[:2]) for im in images), 96)
+    path = save or f"{cfg.dataset.split(':')[-1].strip('/').replace('/', '_')}-samples.png"
+    plot_dataset_grid(path, images_to_uint8_batch(images, side), np.array(shown_labels), info.classes, per_class)
+    print(f"{len(info.classes)} classes, {len(samples)} training images; sample grid written to {path}")
+    return path
+
+
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -44,6 +70,8 @@ def main(argv=None):
         print(list_models_text(args.list_models))
         return None
     cfg = resolve_config(args)
+    if args.visualize:
+        return visualize(cfg, args.save)
     from classifier.engine.trainer import fit
 
     return fit(cfg, resume=args.resume)
