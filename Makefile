@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # torch is pinned to the CPU build first: an unpinned torch would pull several GB of CUDA packages.
-TORCH  ?= torch==2.13.0
+# torchvision is pinned to the release that pairs with it (a newer one would pull a newer, CUDA torch).
+TORCH  ?= torch==2.13.0 torchvision==0.28.0
 
 .PHONY: venv demo test fashion-mnist clean
 

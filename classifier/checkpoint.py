@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from classifier.errors import ClassifierError
+from classifier.fileio import atomic_target
 
 FORMAT = "classifier-checkpoint/1"
 
@@ -39,18 +39,8 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     A process killed mid-save leaves the previous checkpoint intact and loadable.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
     return path
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from classifier.data.datasets import DatasetInfo, Samples, load_dataset
+from classifier.fileio import atomic_target
 from classifier.errors import ClassifierError, unknown_choice
 
 SPLIT_FORMAT = "classifier-split/1"
@@ -116,15 +116,8 @@ def describe(samples: Samples, num_classes: int) -> dict:
 def save_split(record: dict, path: str | os.PathLike) -> Path:
     """Write the record as JSON, atomically (a crash never leaves half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(record))
     return path
 
 
