@@ -134,7 +134,7 @@ def report(r: dict) -> str:
     lines.append(f"   size: fp32 {size['fp32']:.2f} MB, int8 {size['int8']:.2f} MB")
     for label, value, target, unit, higher in checks:
         ok = value >= target if higher else value <= target
-        lines.append(f"   {label:<30} {value:6.2f}{unit}  (target {'>=' if higher else '<='} {target}{unit}: "
+        lines.append(f"   {label:<30} {value:6.3f}{unit}  (target {'>=' if higher else '<='} {target}{unit}: "
                      f"{'met' if ok else 'MISSED'})")
     if "eval_images" in r:
         lines.append(f"   fp32 vs PyTorch: max |logit diff| {r['fp32_max_abs_diff']:.1e}, top-1 agreement "

@@ -89,6 +89,7 @@ def test_metadata_round_trip(lenet_onnx, prep):
     proto = onnx.load(str(lenet_onnx))
     assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert not any(node.metadata_props or node.doc_string for node in proto.graph.node)  # no local stack traces
     raw = {p.key: p.value for p in proto.metadata_props}
     assert all(isinstance(v, str) for v in raw.values()) and json.loads(raw["classes"]) == CLASSES
 
