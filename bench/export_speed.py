@@ -79,7 +79,8 @@ def bench_model(name: str, ckpt_path, args, workdir: Path) -> dict:
 
     if ckpt_path:
         ckpt = load_checkpoint(ckpt_path)
-        model, prep, classes = model_from_checkpoint(ckpt), Preprocessing.from_dict(ckpt["preprocessing"]), ckpt["classes"]
+        model, classes = model_from_checkpoint(ckpt), ckpt["classes"]
+        prep = Preprocessing.from_dict(ckpt["preprocessing"])
         data, origin = load_run_splits(Path(ckpt_path), ckpt, args.data_dir), f"trained: {ckpt_path}"
     else:
         model, prep, classes, data = random_setup(name, args.data_dir)

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 
 import classifier
 from classifier.errors import ClassifierError
+from classifier.fileio import atomic_target
 from classifier.preprocess import InputNormalizer, Preprocessing
 
 # Opset 18 is the lowest the torch.export-based exporter emits natively, and it runs on every
@@ -289,19 +289,13 @@ def _all_tensors(graph: onnx.GraphProto):
 def save_model(proto: onnx.ModelProto, path: Path) -> Path:
     """Write atomically; models above the protobuf limit keep their weights in ``NAME.data`` beside."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         if proto.ByteSize() > PROTOBUF_LIMIT:
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=f"{path.name}.data")
         else:
-            onnx.save_model(proto, tmp)
+            onnx.save_model(proto, str(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
