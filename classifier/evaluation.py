@@ -14,27 +14,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from classifier.preprocess import Preprocessing, to_model_input
+from classifier.preprocess import Preprocessing
 
 GRID_PER_CLASS = 6
 
 
-def images_to_input(images: list, prep: Preprocessing) -> torch.Tensor:
-    """uint8 HWC images of any size -> one normalised NCHW batch with the model's preprocessing."""
-    tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images]
-    if len({t.shape for t in tensors}) == 1:
-        return to_model_input(torch.stack(tensors), prep)
-    return torch.cat([to_model_input(t[None], prep) for t in tensors])
-
-
 def torch_predict_fn(model, prep: Preprocessing, device=torch.device("cpu"), amp_dtype=None):
     from classifier.engine.runtime import autocast
+    from classifier.inference import model_input
 
     model.eval()
 
     @torch.inference_mode()
     def predict(images):
-        x = images_to_input(images, prep).to(device)
+        x = model_input(images, prep).to(device)
         with autocast(device, amp_dtype):
             return torch.softmax(model(x).float(), 1).cpu().numpy()
 
