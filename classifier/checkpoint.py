@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -59,16 +60,24 @@ def load_state_file(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClassifierError(
             f"refused to load {path}: it is not a plain-tensor checkpoint and could run code "
-            f"({first[:160]})"
+            f"({_refusal_reason(err)[:160]})"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ClassifierError(f"cannot read checkpoint {path}: {str(err).splitlines()[0][:200]}") from None
     if not isinstance(obj, dict):
         raise ClassifierError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
     return obj
+
+
+def _refusal_reason(err: Exception) -> str:
+    """What torch's long weights_only error refused (e.g. "Unsupported global: GLOBAL exec ..."), one line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch bolds part of its message with ANSI codes
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
 
 
 def is_toolkit_checkpoint(obj: dict) -> bool:
@@ -91,8 +100,19 @@ def model_from_checkpoint(ckpt: dict):
     model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"], **kwargs)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
+    except RuntimeError:
         raise ClassifierError(
-            f"checkpoint weights do not fit model '{ckpt['model_name']}': {str(err).splitlines()[0][:200]}"
+            f"checkpoint weights do not fit model '{ckpt['model_name']}': {_misfit(model.state_dict(), ckpt['model'])}"
         ) from None
     return model.eval()
+
+
+def _misfit(target: dict, state: dict) -> str:
+    """One line on how a state dict differs from a model's: counts and an example of each difference."""
+    differences = {
+        "missing": [k for k in target if k not in state],
+        "unexpected": [k for k in state if k not in target],
+        "of another shape": [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in state
+                             if k in target and state[k].shape != target[k].shape],
+    }
+    return ", ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in differences.items() if keys)

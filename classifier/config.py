@@ -1,4 +1,5 @@
-"""Every training default in one place: YAML (``--config``) sets them, command-line flags override.
+"""Every training default in one place: a recipe (``--recipe NAME``, shipped in classifier/recipes/) and
+a YAML file (``--config``) set them, command-line flags override.
 
 The resolved config is saved as ``config.yaml`` in each run folder and inside every checkpoint, so
 ``python train.py --config runs/NAME/config.yaml`` re-runs a run exactly.
@@ -14,18 +15,20 @@ from pathlib import Path
 
 import yaml
 
-from classifier.errors import ClassifierError
+from classifier.errors import ClassifierError, unknown_choice
 
 MODES = ("scratch", "finetune", "feature-extract")
 MODE_ALIASES = {"transfer": "feature-extract", "feature_extract": "feature-extract", "fine-tune": "finetune"}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "onecycle", "step", "none")
+SAMPLERS = ("shuffle", "balanced")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 
 
 @dataclass
 class Config:
     # --- what to train
+    recipe: str | None = None  # named defaults from classifier/recipes/NAME.yaml (e.g. fast); keys and flags override
     model: str = "resnet"  # registry name; `python train.py --list-models`
     mode: str = "scratch"  # scratch | finetune | feature-extract (alias: transfer)
     weights: str | None = None  # "imagenet" or a checkpoint/state-dict path (.pt/.pth/.safetensors)
@@ -40,9 +43,10 @@ class Config:
     workers: int | None = None  # data-loading processes for streamed folders (default: min(4, cores))
     classes: typing.Any = None  # keep only these classes (names or indices), relabelled in the given order
     max_per_class: int = 0  # cap training images per class, seeded (0: all); e.g. few-shot transfer
+    sampler: str = "shuffle"  # shuffle | balanced: training draws every class equally often (with replacement)
     # --- optimisation
     epochs: int = 10
-    batch_size: int = 128  # per process
+    batch_size: int = 128  # global: torchrun splits it evenly over the processes (lr is for this batch)
     optimizer: str = "sgd"  # sgd | adam | adamw
     lr: float | None = None  # peak learning rate of the head; default per optimizer (sgd 0.05, adam(w) 1e-3)
     momentum: float = 0.9  # sgd only (Nesterov)
@@ -51,6 +55,7 @@ class Config:
     warmup_epochs: float = 0.0  # linear learning-rate warm-up
     step_epochs: int = 0  # `step` schedule: x0.1 every N epochs (0: at 1/2 and 3/4 of training)
     label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | auto: training loss weights inversely proportional to class counts
     head_warmup_epochs: int = 0  # finetune: train only the head for N epochs, then everything
     backbone_lr_mult: float = 1.0  # finetune: backbone learning rate = lr * this (e.g. 0.1)
     early_stopping: int = 0  # stop after N epochs without a lower validation loss (0: off)
@@ -59,9 +64,10 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto | on | off: bf16 autocast on CPUs with native bf16, fp16/bf16 on CUDA
     channels_last: bool = True
+    in_memory: bool = True  # data that fits in memory: one uint8 tensor, batched augmentation (off: stream)
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # torch intra-op threads (default: torch's choice)
-    sync_bn: bool = False  # torchrun: synchronise BatchNorm statistics across processes
+    sync_bn: bool = False  # torchrun on GPUs: synchronise BatchNorm statistics across processes
     deterministic: bool = False  # deterministic algorithms (exact resume on CPU is exact anyway)
     # --- run bookkeeping
     seed: int = 0
@@ -72,6 +78,7 @@ class Config:
     tensorboard: bool = True
     progress: bool = True  # progress bar per epoch
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
+    tta_flip: bool = False  # evaluation (val, test) averages the logits of each image and its mirror image
     extra: dict = field(default_factory=dict)  # free-form model kwargs, e.g. {dropout: 0.2, width: 64}
 
     def to_dict(self) -> dict:
@@ -88,6 +95,8 @@ FIELDS = {f.name: f for f in fields(Config)}
 def _coerce(name: str, value):
     """Check and convert one value to its field's type; one-line error on a bad value."""
     kind = FIELDS[name].type
+    if name == "classes" and isinstance(value, str):  # the flag: --classes 5,6,7 or --classes Sandal,Bag
+        return [c.strip() for c in value.strip("[]").split(",") if c.strip()]
     if value is None or kind in ("typing.Any", typing.Any):
         return value
     base = str(kind).replace(" | None", "")
@@ -120,7 +129,8 @@ def _coerce(name: str, value):
 def _check(cfg: Config) -> Config:
     cfg.mode = MODE_ALIASES.get(cfg.mode, cfg.mode)
     for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                          ("device", ("auto", "cpu", "cuda")), ("amp", ("auto", "on", "off"))):
+                          ("device", ("auto", "cpu", "cuda")), ("amp", ("auto", "on", "off")),
+                          ("sampler", SAMPLERS), ("class_weights", ("none", "auto"))):
         if getattr(cfg, name) not in allowed:
             raise ClassifierError(f"invalid {name} '{getattr(cfg, name)}' (choices: {', '.join(allowed)})")
     if cfg.mode != "scratch" and not cfg.weights:
@@ -182,7 +192,30 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """Defaults < YAML file < command-line flags."""
+    """Defaults < recipe < YAML file < command-line flags."""
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     values.update({k: v for k, v in vars(args).items() if k in FIELDS})
-    return make_config(values)
+    return make_config(with_recipe(values))
+
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name: str) -> dict:
+    """The config keys of a shipped recipe; a recipe may build on another with its own ``recipe:`` key."""
+    if name not in recipe_names():
+        raise unknown_choice("recipe", str(name), recipe_names())
+    values = load_yaml(RECIPES_DIR / f"{name}.yaml")
+    base = values.pop("recipe", None)
+    return {**load_recipe(base), **values} if base else values
+
+
+def with_recipe(values: dict) -> dict:
+    """``values`` over the defaults of the recipe they name (if any); the recipe's name is kept."""
+    if not values.get("recipe"):
+        return values
+    return {**load_recipe(values["recipe"]), **values}

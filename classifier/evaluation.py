@@ -19,7 +19,8 @@ from classifier.preprocess import Preprocessing
 GRID_PER_CLASS = 6
 
 
-def torch_predict_fn(model, prep: Preprocessing, device=torch.device("cpu"), amp_dtype=None):
+def torch_predict_fn(model, prep: Preprocessing, device=torch.device("cpu"), amp_dtype=None, tta_flip=False):
+    from classifier.engine.loop import eval_logits
     from classifier.engine.runtime import autocast
     from classifier.inference import model_input
 
@@ -29,7 +30,7 @@ def torch_predict_fn(model, prep: Preprocessing, device=torch.device("cpu"), amp
     def predict(images):
         x = model_input(images, prep).to(device)
         with autocast(device, amp_dtype):
-            return torch.softmax(model(x).float(), 1).cpu().numpy()
+            return torch.softmax(eval_logits(model, x, tta_flip), 1).cpu().numpy()
 
     return predict
 
@@ -150,8 +151,8 @@ def evaluate_run_model(run) -> dict:
     model = run.raw_model
     if best.exists():
         model.load_state_dict(load_checkpoint(best)["model"])
-    predict_fn = torch_predict_fn(model, run.data.prep, run.device, run.amp_dtype)
-    metrics = evaluate_and_report(predict_fn, run.data.splits["test"], run.data.classes, run.data.info.channels,
+    predict_fn = torch_predict_fn(model, run.data.prep, run.device, run.amp_dtype, tta_flip=run.cfg.tta_flip)
+    metrics = evaluate_and_report(predict_fn, run.data.splits["test"], run.data.classes, run.data.prep.channels,
                                   Path(run.dir) / "eval", title=f"{run.cfg.model} on {run.cfg.dataset} (test split)",
                                   source=str(best), history=run.state.history, progress=run.cfg.progress)
     cm = np.asarray(metrics["confusion_matrix"])

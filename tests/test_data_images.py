@@ -1,10 +1,13 @@
-"""load_image: every PIL mode decoded the same way; bad files refused with BadImageError."""
+"""load_image: every PIL mode decoded the same way, by every path that feeds a model; bad files refused
+with BadImageError."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from classifier.data.images import BadImageError, is_image_file, load_image
 from classifier.errors import ClassifierError
+from tests.conftest import UNREADABLE, UNUSUAL, write_problem_files
 
 
 def _palette(transparent: bool) -> Image.Image:
@@ -29,6 +32,7 @@ CASES = {
     "RGB": (Image.new("RGB", (5, 4), (10, 20, 30)), ".png", (10, 20, 30), _luma(10, 20, 30)),
     "RGBA": (Image.new("RGBA", (5, 4), (255, 0, 0, 128)), ".png", (255, 127, 127), _luma(255, 127, 127)),
     "CMYK": (Image.new("CMYK", (5, 4), (0, 255, 255, 0)), ".tif", (255, 0, 0), _luma(255, 0, 0)),
+    "CMYK JPEG": (Image.new("CMYK", (5, 4), (0, 255, 255, 0)), ".jpg", (255, 0, 0), _luma(255, 0, 0)),
     "I;16": (Image.fromarray(np.full((4, 5), 257 * 200, np.uint16)), ".png", (200,) * 3, 200),
     "I": (Image.fromarray(np.full((4, 5), 257 * 100, np.int32)), ".tif", (100,) * 3, 100),
     "F": (Image.fromarray(np.full((4, 5), 0.5, np.float32)), ".tif", (128,) * 3, 128),
@@ -62,21 +66,24 @@ def test_exif_orientation_applied(tmp_path):
     assert load_image(tmp_path / "rot.jpg", 3).shape == (6, 2, 3)
 
 
-def _bad_files(tmp_path):
-    (tmp_path / "empty.png").write_bytes(b"")
-    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "full.jpg", quality=95)
-    data = (tmp_path / "full.jpg").read_bytes()
-    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (tmp_path / "text.jpg").write_text("this is not an image\n")
-    return [tmp_path / n for n in ("empty.png", "truncated.jpg", "text.jpg", "missing.png")]
-
-
 def test_bad_files_raise_bad_image_error(tmp_path):
-    for path in _bad_files(tmp_path):
+    files = write_problem_files(tmp_path)
+    reasons = {"truncated.jpg": "cannot decode", "empty.png": "empty file (0 bytes)",
+               "text.jpg": "not a readable image", "bomb.png": "too many pixels", "bomb2x.png": "too many pixels",
+               "missing.png": "file not found"}
+    assert set(reasons) - {"missing.png"} == set(UNREADABLE)
+    for name, reason in reasons.items():
+        path = files.get(name, tmp_path / name)
         with pytest.raises(BadImageError) as info:
             load_image(path, 3)
         msg = str(info.value)
-        assert isinstance(info.value, ClassifierError) and "\n" not in msg and path.name in msg
+        assert isinstance(info.value, ClassifierError) and "\n" not in msg
+        assert msg.startswith(f"{path}: ") and reason in msg, msg
+    for name in UNUSUAL:  # unusual, but fine: decoded to 16x16 red-ish pixels
+        a = load_image(files[name], 3)
+        assert a.shape == (16, 16, 3) and a[-1, -1].tolist() in ([200, 30, 30], [255, 55, 55], [200, 200, 200]), name
+    alpha = load_image(files["palette_alpha.png"], 3)
+    assert (alpha[:8] == 255).all() and (alpha[8:] == (200, 30, 30)).all()  # transparent half composited on white
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -93,3 +100,50 @@ def test_decompression_bomb_refused(tmp_path, monkeypatch):
 def test_is_image_file():
     assert is_image_file("a/b/cat.JPG") and is_image_file("x.png") and is_image_file("x.webp")
     assert not is_image_file("a/.hidden.png") and not is_image_file("notes.txt") and not is_image_file("png")
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in model that keeps the input it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return torch.zeros(len(x), 2)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_mode_reaches_the_model_identically_everywhere(tmp_path, channels):
+    """Training (in-memory and streaming loaders), evaluation, test.py, the predictor and exported models
+    with embedded preprocessing all give the model the same tensor for every mode."""
+    from classifier.commands.test import classify
+    from classifier.data import Samples, build_loader
+    from classifier.evaluation import run_predictions, torch_predict_fn
+    from classifier.inference import Predictor, model_input, pixels_at_model_size
+    from classifier.preprocess import InputNormalizer, Preprocessing
+
+    paths = []
+    for i, (im, ext, _, _) in enumerate(CASES.values()):
+        im.save(tmp_path / f"{i}{ext}")
+        paths.append(str(tmp_path / f"{i}{ext}"))
+    prep = Preprocessing(size=(4, 5), channels=channels, mean=(0.3,) * channels, std=(0.2,) * channels)
+    samples = Samples(labels=np.zeros(len(paths), np.int64), paths=paths, root=str(tmp_path))
+    reference = torch.cat([model_input([load_image(p, channels)], prep) for p in paths])
+
+    def loader_input(cache):
+        loader = build_loader(samples, prep, train=False, batch_size=64, workers=0, cache=cache)
+        assert type(loader).__name__ == ("InMemoryLoader" if cache else "StreamingLoader")
+        return torch.cat([x for x, _ in loader])
+
+    evaluated, classified = _Recorder(), _Recorder()
+    run_predictions(torch_predict_fn(evaluated, prep), samples, channels, progress=False)
+    predictor = Predictor.from_model(classified, prep, ["a", "b"])
+    classify(predictor, paths, batch_size=64)
+    predictor.predict_files(paths)
+    embedded = InputNormalizer(prep)(pixels_at_model_size([load_image(p, channels) for p in paths], prep))
+    for name, x in [("training, in memory", loader_input(True)), ("training, streamed", loader_input(False)),
+                    ("evaluation", evaluated.inputs[0]), ("test.py", classified.inputs[0]),
+                    ("Predictor.predict_files", classified.inputs[1]), ("ONNX, embedded preprocessing", embedded)]:
+        torch.testing.assert_close(x, reference, rtol=0, atol=1e-5, msg=name)

@@ -105,8 +105,8 @@ def evaluate_model(args) -> Path:
         samples, _ = folder_samples(args.folder, predictor.classes)
         channels, source, target = predictor.prep.channels, f"folder {args.folder}", Path(args.folder).name
     else:
-        samples, channels, source = run_split_samples(model_path, meta, args)
-        target = args.split
+        samples, _, source = run_split_samples(model_path, meta, args)
+        channels, target = predictor.prep.channels, args.split  # decoded as for training and test.py
     out = Path(args.output) if args.output else model_path.parent / f"eval-{target}-{model_path.stem}"
     metrics = evaluate_and_report(predictor.predict, samples, predictor.classes, channels, out,
                                   title=f"{model_path.name} on {source}", source=str(model_path),

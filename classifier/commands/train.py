@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--visualize", action="store_true",
                         help="save a grid of sample training images per class of --dataset and exit")
     parser.add_argument("--save", metavar="PNG", help="where --visualize writes its grid (default: DATASET-samples.png)")
+    parser.add_argument("--check-data", metavar="JSON", nargs="?", const="",
+                        help="check --dataset (class counts, image modes and sizes, unreadable files, duplicates "
+                             "across train/val/test; optionally write the full report to JSON) and exit")
     add_config_arguments(parser)
     return parser
 
@@ -63,6 +66,17 @@ def visualize(cfg, save: str | None, per_class: int = 8):
     return path
 
 
+def check_data(cfg, path: str | None) -> dict:
+    """The dataset check on the splits training would use (same fractions and seed)."""
+    from classifier.data import load_dataset, split_dataset
+    from classifier.data.check import run_check
+
+    info, official = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    splits, _ = split_dataset(info, official, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                              seed=cfg.seed)
+    return run_check(info.classes, splits, path)
+
+
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -72,6 +86,8 @@ def main(argv=None):
     cfg = resolve_config(args)
     if args.visualize:
         return visualize(cfg, args.save)
+    if args.check_data is not None:
+        return check_data(cfg, args.check_data or None)
     from classifier.engine.trainer import fit
 
     return fit(cfg, resume=args.resume)

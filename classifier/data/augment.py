@@ -1,8 +1,9 @@
 """Training augmentation: named presets implemented twice with one meaning, plus user pipelines.
 
-Presets (``none``, ``light``, ``strong``; ``-noflip`` variants for data where a mirror image is a
-different thing, e.g. text or digits):
+Presets (``none``, ``flip``, ``light``, ``strong``; ``-noflip`` variants for data where a mirror image
+is a different thing, e.g. text or digits):
 
+* ``flip``: a horizontal flip with probability 0.5 only (pixels stay where they are).
 * ``light``: translate by up to 1/8 of each side in whole pixels (reflect padding, then a random
   crop back to the original size), then a horizontal flip with probability 0.5.
 * ``strong``: ``light``, then cutout: one black square hole of half the side, placed fully inside.
@@ -45,6 +46,7 @@ class Preset:
 
 PRESETS = {
     "none": Preset(),
+    "flip": Preset(flip=True),
     "light": Preset(translate=1 / 8, flip=True),
     "light-noflip": Preset(translate=1 / 8),
     "strong": Preset(translate=1 / 8, flip=True, cutout=1 / 2),

@@ -205,7 +205,11 @@ def _idx_path(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _fashion_mnist(root: Path, download: bool):
+def fashion_mnist_files(root: str | os.PathLike = "datasets", download: bool = True) -> dict[str, Path]:
+    """Official file name -> where it is (maybe unpacked): ROOT/fashion_mnist, ROOT/FashionMNIST/raw
+    (torchvision's layout) or the Debian package's folder; downloaded to ROOT/fashion_mnist if missing."""
+    root = Path(root)
+
     def find():
         for folder in _fashion_dirs(root):
             found = [_idx_path(folder, n) for n in FASHION_FILES]
@@ -224,6 +228,11 @@ def _fashion_mnist(root: Path, download: bool):
 
         _fetch_or_explain("Fashion-MNIST", target, list(FASHION_FILES), download, fetch)
         files = find()
+    return files
+
+
+def _fashion_mnist(root: Path, download: bool):
+    files = fashion_mnist_files(root, download)
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(files[f"{prefix}-images-idx3-ubyte.gz"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -28,6 +29,9 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 _ORIENTATION = 0x0112  # EXIF tag
+# Images over the pixel limit are refused (BadImageError) by load_image and are "unknown" to image_size;
+# PIL's multi-line warning about them would only repeat that.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class BadImageError(ClassifierError):
@@ -57,12 +61,14 @@ def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
             _refuse_bomb(im)
             im.load()
             return pil_to_array(im, channels)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImageError(f"{path}: refused, too many pixels ({_first_line(err)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImageError(f"{path}: refused, too many pixels (limit {Image.MAX_IMAGE_PIXELS}), "
+                            "a possible decompression bomb") from None
     except FileNotFoundError:
         raise BadImageError(f"{path}: file not found") from None
     except Image.UnidentifiedImageError:
-        raise BadImageError(f"{path}: not a readable image") from None
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        raise BadImageError(f"{path}: {'empty file (0 bytes)' if empty else 'not a readable image'}") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError, struct.error,
             zlib.error) as err:
         # PIL reports truncated/corrupt data with any of these, depending on the format plugin.
@@ -129,9 +135,10 @@ def _first_line(err: BaseException) -> str:
 
 
 def image_size(path: str | os.PathLike) -> tuple[tuple[int, int], str] | None:
-    """((height, width), mode) read from the header only, or None if unreadable."""
+    """((height, width), mode) read from the header only, or None if unreadable or over the pixel limit."""
     try:
         with Image.open(Path(path)) as im:
+            _refuse_bomb(im)
             w, h = im.size
             if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
                 w, h = h, w  # exif_transpose swaps the axes for these orientations

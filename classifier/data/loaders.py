@@ -13,8 +13,11 @@ fit in ``MEMORY_CACHE_BYTES`` (EuroSAT, small folders): they are decoded once, b
 in-memory array, and a slow decode is saved on disk for the next run (``decode_to_memory``).
 
 Order. A training epoch is a permutation seeded by (seed, epoch), padded by repeating its head to a
-multiple of ``world_size``; rank r takes every world_size-th index starting at r, as
-torch's DistributedSampler does, so all ranks have the same number of batches. Evaluation is not
+multiple of ``world_size`` (``sampler="balanced"``: n indices drawn with replacement, seeded the same
+way, each class equally likely); rank r takes every world_size-th index starting at r, as
+torch's DistributedSampler does, so all ranks have the same number of batches. With drop_last
+(training) an epoch has floor(n / (batch_size x world_size)) batches: the ranks' batch b together hold
+exactly batch b of one process with the whole batch, and no padded sample is trained on. Evaluation is not
 shuffled and not padded: rank r takes samples r, r + world_size, ...; every sample is seen exactly
 once, and ranks may differ by one sample (and so by one batch). Reduce metric *sums* across ranks once
 after the loop (or gather predictions with ``loader.indices()``); do not run a collective per batch.
@@ -48,19 +51,21 @@ log = logging.getLogger(__name__)
 
 def build_loader(samples: Samples, prep: Preprocessing, *, train: bool, batch_size: int, augment="none",
                  seed: int = 0, rank: int = 0, world_size: int = 1, workers: int | None = None,
-                 drop_last: bool | None = None, cache: bool | None = None) -> "Loader":
+                 drop_last: bool | None = None, cache: bool | None = None, sampler: str = "shuffle") -> "Loader":
     """A loader yielding ``(x, y)``: x float32 NCHW ready for the model, y int64.
 
     ``augment``: a preset name (see ``classifier.data.augment.PRESETS``) or a list of albumentations
-    transforms (forces the streaming path). ``drop_last`` defaults to ``train``, but a rank with fewer
-    samples than one batch keeps its partial batch. ``workers`` (streaming only) defaults to
-    min(4, CPU count). ``cache``: decode file samples once into memory and use the fast path
-    (None: when they all have one size and fit in ``MEMORY_CACHE_BYTES``; False: always stream).
+    transforms (forces the streaming path). ``drop_last`` defaults to ``train``, but a dataset smaller
+    than one batch of all ranks (batch_size x world_size) keeps its partial batch. ``workers``
+    (streaming only) defaults to min(4, CPU count). ``cache``: decode file samples once into memory and
+    use the fast path (None: when they all have one size and fit in ``MEMORY_CACHE_BYTES``; False: always
+    stream, in-memory samples too: config ``in_memory: false``). ``sampler`` (training): "shuffle" (a
+    permutation) or "balanced" (every class equally likely, drawn with replacement).
     """
     aug = resolve_augment(augment)
     common = dict(train=train, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-                  drop_last=drop_last)
-    if samples.in_memory and isinstance(aug, Preset):
+                  drop_last=drop_last, sampler=sampler)
+    if samples.in_memory and isinstance(aug, Preset) and cache is not False:
         return InMemoryLoader(samples, prep, aug, **common)
     if not samples.in_memory and isinstance(aug, Preset) and cache is not False:
         decoded = decode_to_memory(samples, prep.channels, max_bytes=None if cache else MEMORY_CACHE_BYTES)
@@ -73,11 +78,21 @@ def build_loader(samples: Samples, prep: Preprocessing, *, train: bool, batch_si
     return StreamingLoader(samples, prep, aug, workers=workers, **common)
 
 
+def inverse_class_frequency(labels: np.ndarray, num_classes: int = 0) -> np.ndarray:
+    """Per-class weights n / (k x count) over the k classes present (absent classes: 0): every class then
+    carries the same total weight, and a sample weighs 1 on average (``--class-weights auto``)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    present = counts > 0
+    return np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+
+
 class Loader:
     """Epoch order, rank sharding and batch bookkeeping shared by both paths."""
 
     def __init__(self, samples: Samples, prep: Preprocessing, *, train: bool, batch_size: int, seed: int,
-                 rank: int, world_size: int, drop_last: bool | None):
+                 rank: int, world_size: int, drop_last: bool | None, sampler: str = "shuffle"):
+        if sampler not in ("shuffle", "balanced"):
+            raise ClassifierError(f"unknown sampler '{sampler}' (choices: shuffle, balanced)")
         if batch_size < 1:
             raise ClassifierError(f"batch_size must be at least 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -85,10 +100,11 @@ class Loader:
         self.samples, self.prep, self.train = samples, prep, train
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, int(seed), rank, world_size
         self.epoch = 0
+        self.sampler = sampler
         self.skipped: list[str] = []  # unreadable files met so far (streaming path)
         n = len(samples)
         self.num_samples = math.ceil(n / world_size) if train else len(range(rank, n, world_size))
-        self.drop_last = (train if drop_last is None else drop_last) and self.num_samples >= batch_size
+        self.drop_last = (train if drop_last is None else drop_last) and n >= batch_size * world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -98,7 +114,12 @@ class Loader:
         n = len(self.samples)
         if not self.train:
             return np.arange(self.rank, n, self.world_size, dtype=np.int64)
-        order = np.random.default_rng([self.seed % (1 << 64), self.epoch]).permutation(n)
+        rng = np.random.default_rng([self.seed % (1 << 64), self.epoch])
+        if self.sampler == "balanced":  # p(sample) = 1 / (classes x its class count): classes equally likely
+            p = inverse_class_frequency(self.samples.labels)[self.samples.labels]
+            order = rng.choice(n, size=n, p=p / p.sum())
+        else:
+            order = rng.permutation(n)
         total = self.num_samples * self.world_size
         if total > n:
             order = np.concatenate([order, np.resize(order, total - n)])  # repeat the head, like DistributedSampler
@@ -106,7 +127,7 @@ class Loader:
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_samples // self.batch_size
+            return len(self.samples) // (self.batch_size * self.world_size)
         return math.ceil(self.num_samples / self.batch_size)
 
     def batch_indices(self) -> list[np.ndarray]:

@@ -52,6 +52,7 @@ class StepContext:
     on_step: object = None  # callable(step, batch_index, sums) after each step
     show_progress: bool = False
     desc: str = ""
+    class_weights: torch.Tensor | None = None  # per-class loss weights (--class-weights auto), on ``device``
     extra: dict = field(default_factory=dict)
 
 
@@ -80,7 +81,7 @@ def train_one_epoch(model, loader, ctx: StepContext, *, step: int, start_batch: 
             ctx.lr_at(step)
         with autocast(ctx.device, ctx.amp_dtype):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=ctx.label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, weight=ctx.class_weights, label_smoothing=ctx.label_smoothing)
         if not math.isfinite(loss.item()):
             raise ClassifierError(f"loss became {loss.item()} at step {step + 1} (epoch batch {batch_index}); "
                                   "training stopped, the last good checkpoint is kept")
@@ -102,15 +103,23 @@ def train_one_epoch(model, loader, ctx: StepContext, *, step: int, start_batch: 
     return sums, step
 
 
+def eval_logits(model, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    """float32 logits; with ``tta_flip`` the mean of the logits of the images and of their mirror images."""
+    logits = model(x).float()
+    if tta_flip:
+        logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+    return logits
+
+
 @torch.inference_mode()
-def evaluate(model, loader, device: torch.device, *, amp_dtype=None, channels_last=False) -> dict:
+def evaluate(model, loader, device: torch.device, *, amp_dtype=None, channels_last=False, tta_flip=False) -> dict:
     """Mean loss and accuracy over the loader, summed across processes when distributed."""
     model.eval()
     loss = correct = count = 0.0
     for x, y in loader:
         x, y = to_device(x, y, device, channels_last)
         with autocast(device, amp_dtype):
-            logits = model(x).float()
+            logits = eval_logits(model, x, tta_flip)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         count += y.numel()
@@ -126,9 +135,7 @@ def predict(model, loader, device: torch.device, *, amp_dtype=None, channels_las
     for x, y in loader:
         x, _ = to_device(x, y, device, channels_last)
         with autocast(device, amp_dtype):
-            logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+            logits = eval_logits(model, x, tta_flip)
         probs.append(torch.softmax(logits, 1).cpu())
         labels.append(y.cpu())
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()

@@ -96,8 +96,23 @@ def init_distributed(device_name: str) -> Dist:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # torchrun keeps one key-value store for all attempts of a job: without a per-attempt prefix,
+        # restarted workers read the dead workers' addresses and wait for them until the timeout
+        store, _, _ = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"attempt{elastic_restart_count()}", store)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank,
+                                world_size=world_size)
     return Dist(rank, world_size, local_rank)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def elastic_restart_count() -> int:
+    """How often torchrun (--max-restarts) has restarted this job's workers; 0 on the first attempt."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

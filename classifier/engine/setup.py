@@ -25,14 +25,20 @@ class RunData:
     loaders: dict  # "train", "val" -> Loader
 
 
-def make_run_dir(cfg: Config, dist: Dist) -> Path:
-    """runs/NAME, numbered NAME2, NAME3... unless exist_ok; chosen by rank 0 and shared with the others."""
+def make_run_dir(cfg: Config, dist: Dist, *, latest: bool = False) -> Path:
+    """runs/NAME, numbered NAME2, NAME3... unless exist_ok; chosen by rank 0 and shared with the others.
+
+    ``latest`` (a torchrun elastic restart): the folder the job's first attempt made instead of a new
+    one, i.e. the empty folder where the numbering stops, else the last non-empty one.
+    """
     base = Path(cfg.project) / (cfg.name or f"{cfg.model.replace('/', '_')}-{cfg.dataset.split(':')[0]}")
     path = base
     if dist.is_main:
-        n = 2
+        n, previous = 2, None
         while path.exists() and not cfg.exist_ok and any(path.iterdir()):
-            path, n = base.with_name(f"{base.name}{n}"), n + 1
+            previous, path, n = path, base.with_name(f"{base.name}{n}"), n + 1
+        if latest and previous is not None and not path.exists():
+            path = previous
         path.mkdir(parents=True, exist_ok=True)
     if dist.enabled:
         import torch.distributed as tdist
@@ -104,19 +110,35 @@ def prepare_data(cfg: Config, run_dir: Path, dist: Dist, *, resumed: bool = Fals
     split_file = Path(run_dir) / "split.json"
     if resumed and split_file.exists() and load_split(split_file) != json.loads(json.dumps(record)):
         raise ClassifierError(f"the data changed since this run started: its split differs from {split_file}")
+    if dist.is_main and not resumed and info.name.startswith("folder:"):
+        from classifier.data.check import run_check
+
+        run_check(info.classes, splits, Path(run_dir) / "data_check.json")
     classes, splits = select_classes(info, splits, cfg.classes)
     splits["train"] = cap_per_class(splits["train"], cfg.max_per_class, cfg.seed)
     if dist.is_main and not resumed:
         save_split(record, split_file)
     prep = resolve_preprocessing(info, entry, cfg)
-    common = dict(prep=prep, batch_size=cfg.batch_size, seed=cfg.seed, rank=dist.rank,
-                  world_size=dist.world_size, workers=cfg.workers)
+    common = dict(prep=prep, batch_size=per_process_batch(cfg.batch_size, dist), seed=cfg.seed,
+                  rank=dist.rank, world_size=dist.world_size, workers=cfg.workers,
+                  cache=None if cfg.in_memory else False)
     loaders = {
-        "train": build_loader(splits["train"], train=True, **common,
+        "train": build_loader(splits["train"], train=True, sampler=cfg.sampler, **common,
                               augment=cfg.augment if cfg.augment is not None else default_augment(info.name)),
         "val": build_loader(splits["val"], train=False, **common),
     }
     return RunData(info, classes, splits, record, prep, loaders)
+
+
+def per_process_batch(batch_size: int, dist: Dist) -> int:
+    """``--batch-size`` is the global batch: each of N processes takes batch_size / N per step, so the
+    optimisation (steps per epoch, learning rate, schedule) is the same for any N."""
+    if batch_size % dist.world_size:
+        lower = batch_size - batch_size % dist.world_size
+        raise ClassifierError(f"--batch-size {batch_size} is the global batch and must divide evenly over "
+                              f"{dist.world_size} processes (e.g. {lower or dist.world_size} or "
+                              f"{lower + dist.world_size})")
+    return batch_size // dist.world_size
 
 
 def prepare_model(cfg: Config, data: RunData, *, pretrained_ok: bool = True):
@@ -133,6 +155,10 @@ def prepare_model(cfg: Config, data: RunData, *, pretrained_ok: bool = True):
     note = "ImageNet weights" if imagenet else None
     if cfg.weights and cfg.weights != "imagenet" and pretrained_ok:
         note = str(load_weights(model, cfg.weights))
+        # finetune / feature-extract train a new head, even when the checkpoint's head has the same shape
+        # (its classes are other classes: e.g. pretrained on Fashion-MNIST 0-4, transferred to 5-9)
+        model.reset_classifier(model.num_classes)
+        note += "; new head"
     if cfg.mode == "feature-extract":
         freeze_backbone(model)
     return model, note
@@ -151,6 +177,9 @@ def wrap_model(model, cfg: Config, dist: Dist, device: torch.device):
         from torch.nn.parallel import DistributedDataParallel
 
         if cfg.sync_bn:
+            if device.type == "cpu":
+                raise ClassifierError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU (without "
+                                      "it each process normalises with its own shard's batch statistics)")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
@@ -170,8 +199,16 @@ def write_run_header(run, load_note: str | None, *, resumed: bool) -> None:
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(("resuming" if resumed else "training") + f" {cfg.model} ({cfg.mode}) on {cfg.dataset}: "
           f"{len(data.classes)} classes, {sizes}; input {prep.channels}x{prep.size[0]}x{prep.size[1]}; "
-          f"device {run.device}" + (f" bf16" if run.amp_dtype == torch.bfloat16 else "")
-          + (f"; {run.dist.world_size} processes" if run.dist.enabled else ""))
+          f"device {run.device}" + (f" bf16" if run.amp_dtype == torch.bfloat16 else ""))
+    if run.dist.enabled:
+        import torch.distributed as tdist
+
+        n = run.dist.world_size
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in run.raw_model.modules())
+        print(f"distributed: {n} processes ({tdist.get_backend()}); global batch {cfg.batch_size} = {n} x "
+              f"{per_process_batch(cfg.batch_size, run.dist)} per process; learning rate {cfg.peak_lr:g} is for "
+              f"the global batch, unchanged by the process count"
+              + ("; SyncBatchNorm" if cfg.sync_bn else "; BatchNorm statistics per process" if has_bn else ""))
     if load_note:
         print(f"weights: {load_note}")
     if not resumed:

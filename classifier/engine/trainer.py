@@ -2,6 +2,7 @@
 
 A run folder ``runs/NAME/`` holds: config.yaml, model_summary.txt, split.json, history.csv,
 tensorboard/, best.pt (lowest validation loss), last.pt (newest state, also mid-epoch), curves.png,
+data_check.json (folder datasets: classes, modes, sizes, unreadable files, duplicates),
 eval/ (test-split report), summary.json.
 """
 from __future__ import annotations
@@ -58,16 +59,24 @@ def fit(cfg: Config, *, resume: str | Path | None = None, callbacks: dict | None
     """Train as configured (or continue the run in ``resume``); returns the run folder.
 
     ``callbacks``: extra {event: [fn, ...]} added to the default loggers (see engine/callbacks.py).
+    Under torchrun, workers restarted after a failure (--max-restarts) continue the first attempt's run
+    folder from its last.pt (or start it afresh when no epoch was saved yet).
     """
     from classifier.engine import setup
 
     dist_info = runtime.init_distributed(cfg.device)
     ckpt = None
+    restarts = 0 if resume else runtime.elastic_restart_count()
     if resume:
         ckpt, cfg = _resume_checkpoint(Path(resume), cfg)
         run_dir = Path(resume)
     else:
-        run_dir = setup.make_run_dir(cfg, dist_info)
+        run_dir = setup.make_run_dir(cfg, dist_info, latest=restarts > 0)
+        if restarts and (run_dir / "last.pt").is_file():
+            ckpt, cfg = _resume_checkpoint(run_dir, cfg)
+            if dist_info.is_main:
+                print(f"torchrun restart {restarts}: resuming {run_dir} from last.pt (epoch {ckpt['epoch']}, "
+                      f"step {ckpt['step']})", flush=True)
     device = runtime.select_device(cfg.device)
     if device.type == "cuda" and dist_info.enabled:
         device = torch.device("cuda", dist_info.local_rank)
@@ -105,6 +114,7 @@ def fit(cfg: Config, *, resume: str | Path | None = None, callbacks: dict | None
     summary = finish(run)
     run.callbacks.fire("on_train_end", run, summary)
     runtime.barrier()
+    runtime.shutdown_distributed()
     return run_dir
 
 
@@ -145,9 +155,11 @@ def _train_epochs(run: Run) -> None:
             save_training_checkpoint(run, "last.pt")
 
     ctx = StepContext(run.optimizer, run.device, run.amp_dtype, cfg.label_smoothing, cfg.grad_clip,
-                      cfg.channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main)
+                      cfg.channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main,
+                      class_weights=_class_weights(run))
     if state.epoch >= cfg.epochs:
-        print(f"run already has {state.epoch} epochs (--epochs {cfg.epochs}); nothing to train")
+        if run.dist.is_main:
+            print(f"run already has {state.epoch} epochs (--epochs {cfg.epochs}); nothing to train")
         return
     for epoch in range(state.epoch, cfg.epochs):
         _set_finetune_phase(run, epoch)
@@ -157,9 +169,19 @@ def _train_epochs(run: Run) -> None:
         sums, state.step = train_one_epoch(run.model, loaders["train"], ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
         val = evaluate(run.model, loaders["val"], run.device, amp_dtype=run.amp_dtype,
-                       channels_last=cfg.channels_last)
+                       channels_last=cfg.channels_last, tta_flip=cfg.tta_flip)
         if _end_epoch(run, epoch, sums, val):
             break
+
+
+def _class_weights(run: Run) -> torch.Tensor | None:
+    """``--class-weights auto``: loss weights from the inverse class frequencies of the training samples."""
+    if run.cfg.class_weights != "auto":
+        return None
+    from classifier.data.loaders import inverse_class_frequency
+
+    weights = inverse_class_frequency(run.data.loaders["train"].samples.labels, len(run.data.classes))
+    return torch.tensor(weights, dtype=torch.float32, device=run.device)
 
 
 def _set_finetune_phase(run: Run, epoch: int) -> None:
@@ -226,6 +248,14 @@ def checkpoint_payload(run: Run, *, with_optimizer: bool = True) -> dict:
 
 
 def save_training_checkpoint(run: Run, name: str, *, with_optimizer: bool = True) -> None:
+    """Save ``name`` in the run folder (rank 0); weights that became NaN or infinite stop training instead,
+    so the previous checkpoint stays the last good one."""
+    floats = {k: v for k, v in run.raw_model.state_dict().items() if v.is_floating_point()}
+    finite = torch.isfinite(torch.stack([v.sum(dtype=torch.float32) for v in floats.values()]))  # NaN, inf propagate
+    if not finite.all():
+        bad = list(floats)[int(torch.nonzero(~finite)[0])]
+        raise ClassifierError(f"weights became non-finite by step {run.state.step} ({bad}); training stopped, "
+                              "the last good checkpoint is kept")
     if run.dist.is_main:
         save_checkpoint(checkpoint_payload(run, with_optimizer=with_optimizer), Path(run.dir) / name)
 

@@ -247,8 +247,9 @@ def model_summary(model: nn.Module, input_size, device="cpu") -> str:
     try:
         from torchinfo import summary
 
-        stats = summary(model, input_size=(2, *input_size), device=device, verbose=0, depth=3,
-                        col_names=("output_size", "num_params", "mult_adds"), mode="eval")
+        with torch.random.fork_rng(devices=[]):  # its random input must not move a (resumed) run's random state
+            stats = summary(model, input_size=(2, *input_size), device=device, verbose=0, depth=3,
+                            col_names=("output_size", "num_params", "mult_adds"), mode="eval")
         return str(stats)
     except Exception as err:  # torchinfo cannot trace some exotic modules; a count still helps
         total = sum(p.numel() for p in model.parameters())

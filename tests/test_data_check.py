@@ -1,0 +1,102 @@
+"""The dataset check (train.py --check-data, data_check.json) and training on a folder with bad files."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from classifier.checkpoint import load_checkpoint
+from classifier.commands.train import main as train_main
+from tests.conftest import COLOURS, UNREADABLE, UNUSUAL, write_class_images, write_problem_files
+
+FAST = ["--batch-size", "8", "--progress", "false", "--amp", "off", "--workers", "0", "--tensorboard", "false",
+        "--eval-test", "false"]
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    """PATH/train (red 12 + the problem files, green 6, blue 4) and PATH/test (2 per class), with one
+    training image copied into test/green (a leak, mislabelled too) and one copied within train/red."""
+    root = tmp_path / "messy"
+    for name, n in (("red", 12), ("green", 6), ("blue", 4)):
+        write_class_images(root / "train", per_class=n, classes={name: COLOURS[name]}, seed=len(name))
+    write_class_images(root / "test", per_class=2, seed=7)
+    write_problem_files(root / "train" / "red")
+    shutil.copy(root / "train" / "red" / "red_0.png", root / "test" / "green" / "copy.png")
+    shutil.copy(root / "train" / "red" / "red_1.png", root / "train" / "red" / "again.png")
+    return root
+
+
+def test_check_data_reports_counts_modes_bad_files_and_leaks(messy_folder, tmp_path, capsys):
+    report_path = tmp_path / "check.json"
+    report = train_main(["--check-data", str(report_path), "--dataset", f"folder:{messy_folder}",
+                         "--val-fraction", "0"])
+    assert json.loads(report_path.read_text()) == report
+    red = 12 + 1 + len(UNREADABLE) + len(UNUSUAL)  # + again.png; hidden and .txt files are not samples
+    assert report["classes"] == ["blue", "green", "red"]
+    assert report["counts"] == {"train": [4, 6, red], "val": [0, 0, 0], "test": [2, 3, 2]}
+    assert report["imbalance"] == round(red / 4, 2)
+    readable = sum(map(sum, report["counts"].values())) - len(UNREADABLE)
+    assert {"RGB", "CMYK", "I;16", "P"} <= set(report["modes"]) and sum(report["modes"].values()) == readable
+    assert report["sizes"] == {"16x16": readable}
+    bad = {b["file"]: b["reason"] for b in report["unreadable"]}
+    assert set(bad) == {f"train/red/{n}" for n in UNREADABLE}
+    assert bad["train/red/empty.png"] == "empty file (0 bytes)" and "too many pixels" in bad["train/red/bomb2x.png"]
+    assert report["wrong_extension"] == [{"split": "train", "file": "train/red/png_named.jpg", "format": "PNG"}]
+    groups = sorted(sorted(w["file"] for w in g) for g in report["duplicates"])
+    assert groups == [["test/green/copy.png", "train/red/red_0.png"], ["train/red/again.png", "train/red/red_1.png"]]
+    assert report["duplicates_across_splits"] == 1
+    assert ".hidden" not in json.dumps(report) and "notes.txt" not in json.dumps(report)
+    out = capsys.readouterr().out
+    assert f"smallest blue 4, largest red {red}" in out and "--class-weights auto or --sampler balanced" in out
+    assert "unreadable, skipped (5):" in out and "train: train/red/empty.png: empty file (0 bytes)" in out
+    assert "identical images in two splits (1):" in out and "test: test/green/copy.png" in out
+    assert "train/red/png_named.jpg is PNG" in out and f"report: {report_path}" in out
+
+
+def test_check_data_on_an_in_memory_dataset_finds_duplicates():
+    import numpy as np
+
+    from classifier.data import Samples
+    from classifier.data.check import check_splits
+
+    images = np.zeros((6, 4, 4, 1), np.uint8)
+    images[:, 0, 0, 0] = [0, 1, 2, 3, 4, 0]  # image 5 repeats image 0
+    samples = Samples(labels=[0, 0, 0, 1, 1, 1], images=images, source="train")
+    report = check_splits(["a", "b"], {"train": samples.subset([0, 1, 2, 3]), "test": samples.subset([4, 5])})
+    assert report["modes"] == {"L": 6} and report["sizes"] == {"4x4": 6} and report["unreadable"] == []
+    assert report["duplicates"] == [[{"split": "train", "file": "train[0]"}, {"split": "test", "file": "train[5]"}]]
+
+
+def test_training_on_a_messy_folder_skips_and_lists_bad_files(messy_folder, tmp_path, capsys):
+    run = train_main(["--dataset", f"folder:{messy_folder}", "--model", "lenet5", "--epochs", "2",
+                      "--project", str(tmp_path / "runs"), "--name", "messy", *FAST])
+    check = json.loads((run / "data_check.json").read_text())
+    assert {b["file"] for b in check["unreadable"]} == {f"train/red/{n}" for n in UNREADABLE}
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    out = capsys.readouterr().out
+    assert "unreadable, skipped (5):" in out and f"report: {run / 'data_check.json'}" in out
+    # a resumed run does not check again, and keeps the report
+    train_main(["--resume", str(run), "--epochs", "3", *FAST])
+    assert "data check" not in capsys.readouterr().out and (run / "data_check.json").is_file()
+
+
+@pytest.mark.parametrize("augment", ["none", "[{name: HorizontalFlip, p: 0.5}]"])
+def test_both_loader_paths_skip_the_bad_files(tmp_path, augment):
+    """In-memory (decoded once) and streamed (a user pipeline) loaders both drop exactly the unreadable files."""
+    import yaml
+
+    from classifier.data import build_loader, load_dataset
+    from classifier.data.loaders import StreamingLoader
+
+    folder = write_class_images(tmp_path / "f", per_class=3)
+    write_problem_files(folder / "red")
+    info, splits = load_dataset(f"folder:{folder}")
+    loader = build_loader(splits["train"], info.preprocessing(), train=False, batch_size=4, workers=0,
+                          augment=yaml.safe_load(augment))
+    assert isinstance(loader, StreamingLoader) == (augment != "none")
+    labels = [y for _, batch in loader for y in batch.tolist()]
+    assert len(labels) == len(splits["train"]) - len(UNREADABLE)
+    assert sorted(p.split("/")[-1] for p in loader.skipped) == sorted(UNREADABLE)
