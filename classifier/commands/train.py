@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--config FILE.yaml sets defaults that flags override.",
         epilog="examples:\n"
                "  python train.py --model vggnet --dataset fashion_mnist --epochs 15\n"
+               "  python train.py --recipe fast        # a shipped recipe (classifier/recipes/); flags override it\n"
                "  python train.py --model resnet18 --mode finetune --weights imagenet --dataset folder:photos\n"
                "  python train.py --resume runs/vggnet-fashion_mnist --epochs 30",
         formatter_class=argparse.RawDescriptionHelpFormatter)
