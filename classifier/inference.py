@@ -109,7 +109,7 @@ class Predictor:
     """Class probabilities for images, from a checkpoint or an exported model."""
 
     def __init__(self, run, prep: Preprocessing, classes: list[str], *, source: str, backend: str,
-                 raw_pixels: bool = False, input_shape=None, metadata: dict | None = None):
+                 raw_pixels: bool = False, input_shape=None, metadata: dict | None = None, tta_flip: bool = False):
         self._run = run  # model input (numpy NCHW) -> logits (numpy N x C)
         self.prep = prep
         self.classes = list(classes)
@@ -118,6 +118,7 @@ class Predictor:
         self.raw_pixels = raw_pixels  # the graph takes uint8 pixels (preprocessing embedded)
         self.input_shape = input_shape  # graph input shape; str/None entries are dynamic
         self.metadata = metadata or {}
+        self.tta_flip = tta_flip  # logits = mean of the image's and its mirror image's (as the run evaluated)
 
     @classmethod
     def load(cls, path, *, threads: int | None = None) -> "Predictor":
@@ -138,6 +139,7 @@ class Predictor:
         predictor = cls.from_model(model_from_checkpoint(ckpt), prep, ckpt["classes"], source=str(path))
         predictor.metadata = {"model_name": ckpt["model_name"], "dataset": ckpt.get("dataset"),
                               "config": ckpt.get("config")}
+        predictor.tta_flip = bool((ckpt.get("config") or {}).get("tta_flip"))
         return predictor
 
     @classmethod
@@ -166,7 +168,7 @@ class Predictor:
 
         return cls(run, prep, meta["classes"], source=str(path), backend="onnxruntime",
                    raw_pixels=bool(meta.get("preprocessing_embedded")), input_shape=list(graph_input.shape),
-                   metadata=meta)
+                   metadata=meta, tta_flip=bool(meta.get("tta_flip")))
 
     def prepare(self, images) -> np.ndarray:
         """uint8 images -> the array this model takes (normalised float32, or uint8 pixels if embedded)."""
@@ -185,7 +187,10 @@ class Predictor:
             raise ClassifierError(f"{self.source} expects input of shape (N, {shown}) (channels, height, width), "
                                   f"got {tuple(x.shape)}")
         try:
-            return self._run(np.ascontiguousarray(x))
+            out = self._run(np.ascontiguousarray(x))
+            if self.tta_flip:
+                out = (out + self._run(np.ascontiguousarray(x[..., ::-1]))) / 2
+            return out
         except ClassifierError:
             raise
         except Exception as err:  # noqa: BLE001 - ORT shape errors on dynamic graphs

@@ -54,7 +54,10 @@ def preprocess(image_path: str, meta: dict) -> np.ndarray:
 
 
 def classify(session, meta: dict, image_path: str) -> np.ndarray:
-    logits = session.run(None, {session.get_inputs()[0].name: preprocess(image_path, meta)})[0][0]
+    x, name = preprocess(image_path, meta), session.get_inputs()[0].name
+    logits = session.run(None, {name: x})[0][0]
+    if meta.get("tta_flip") == "true":  # the model was evaluated on each image and its mirror image
+        logits = (logits + session.run(None, {name: np.ascontiguousarray(x[..., ::-1])})[0][0]) / 2
     exp = np.exp(logits - logits.max())
     return exp / exp.sum()
 

@@ -116,3 +116,28 @@ def test_onnx_client_example(artifacts, tmp_path):
     first = result.stdout.splitlines()[0]
     expected = CLASSES[int(Predictor.load(artifacts["onnx"]).predict_files([image]).argmax())]
     assert first.startswith(expected)
+
+
+def test_tta_flip_runs_are_predicted_as_they_were_evaluated(tmp_path):
+    """A run trained with --tta-flip is evaluated on image + mirror; its checkpoint and its ONNX export too."""
+    from classifier.checkpoint import load_checkpoint
+    from classifier.export.onnx import checkpoint_metadata
+
+    torch.manual_seed(0)
+    prep = Preprocessing(size=(28, 28), channels=1, mean=(0.29,), std=(0.35,))
+    model = create_model("lenet5", num_classes=len(CLASSES), in_chans=1).eval()
+    ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "lenet5", "num_classes": len(CLASSES),
+                            "in_chans": 1, "classes": CLASSES, "preprocessing": prep.to_dict(),
+                            "config": {"dataset": "fashion_mnist", "tta_flip": True}, "dataset": "fashion_mnist",
+                            "epoch": 1}, tmp_path / "best.pt")
+    onnx_path = export_onnx(model, prep, checkpoint_metadata(load_checkpoint(ckpt)), tmp_path / "model.onnx")
+    pt, ox = Predictor.load(ckpt), Predictor.load(onnx_path)
+    assert pt.tta_flip and ox.tta_flip
+    x = pt.prepare(mixed_images())
+    with torch.inference_mode():
+        t = torch.from_numpy(x)
+        expected = ((model(t) + model(t.flip(-1))) / 2).numpy()
+        plain = model(t).numpy()
+    assert np.abs(plain - expected).max() > 1e-4  # the mirror image really changes the logits
+    assert np.abs(pt.logits(x) - expected).max() <= 1e-5
+    assert np.abs(ox.logits(x) - expected).max() <= 1e-4

@@ -38,7 +38,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 # How metadata values are decoded; keys not listed stay strings.
 _JSON_KEYS = {"classes", "input_size", "mean", "std", "config"}
 _INT_KEYS = {"channels", "num_classes", "opset"}
-_BOOL_KEYS = {"preprocessing_embedded", "dynamic_batch", "dynamic_size"}
+_BOOL_KEYS = {"preprocessing_embedded", "dynamic_batch", "dynamic_size", "tta_flip"}
 
 
 def checkpoint_metadata(ckpt: dict) -> dict:
@@ -51,6 +51,7 @@ def checkpoint_metadata(ckpt: dict) -> dict:
         "dataset": dataset if isinstance(dataset, str) or dataset is None else json.dumps(dataset),
         "epoch": ckpt.get("epoch"),
         "config": ckpt.get("config"),  # the training config: provenance, and which classes were kept
+        "tta_flip": bool((ckpt.get("config") or {}).get("tta_flip")),  # clients average image + mirror logits
     }
 
 
