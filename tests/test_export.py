@@ -132,6 +132,30 @@ def test_dynamic_size_export_runs_at_other_sizes(prep, tmp_path):
         assert np.abs(session.run(None, {"input": x.numpy()})[0] - model(x).numpy()).max() <= 1e-4
 
 
+def _kernel_shapes(path):
+    return [list(a.ints) for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"
+            for a in n.attribute if a.name == "kernel_shape"]
+
+
+def test_fixed_size_export_trims_taps_that_only_see_padding(tmp_path):
+    """8x8 -> 4x4 -> 2x2 -> 1x1: the stride-2 conv from 2x2 uses a 2x2 corner of its kernel, the
+    convolutions at 1x1 (dense and depthwise) their centre tap only; the outputs stay the same."""
+    torch.manual_seed(0)
+    conv = lambda i, o, s=1, g=1: nn.Sequential(nn.Conv2d(i, o, 3, s, 1, groups=g), nn.BatchNorm2d(o), nn.ReLU())
+    model = nn.Sequential(conv(3, 8, 2), conv(8, 8, 2), conv(8, 16, 2), conv(16, 16), conv(16, 16, g=16),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so folding them is tested too
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    small = Preprocessing(size=(8, 8), channels=3, mean=(0.45,) * 3, std=(0.25,) * 3)
+    path = export_onnx(model, small, {"classes": CLASSES}, tmp_path / "fixed.onnx")
+    assert _kernel_shapes(path) == [[3, 3], [3, 3], [2, 2], [1, 1], [1, 1]]
+    parity = verify_onnx(path, model, random_images(32, size=8, seed=6))
+    assert parity.max_abs_diff <= 1e-5 and parity.top1_agreement == 1.0
+    dynamic = export_onnx(model, small, {"classes": CLASSES}, tmp_path / "dyn.onnx", dynamic_size=True)
+    assert _kernel_shapes(dynamic) == [[3, 3]] * 5  # another size may need every tap
+
+
 def test_dynamic_size_refused_for_fixed_size_models(prep, tmp_path):
     fixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * (SIZE - 2) ** 2, 3)).eval()
     with pytest.raises(ClassifierError, match="only runs at its own input size"):

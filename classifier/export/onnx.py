@@ -24,6 +24,7 @@ from torch import nn
 
 import classifier
 from classifier.errors import ClassifierError
+from classifier.export.graph import trim_conv_kernels
 from classifier.fileio import atomic_target
 from classifier.preprocess import InputNormalizer, Preprocessing
 
@@ -101,6 +102,8 @@ def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, 
         "torch_version": torch.__version__,
     }
     _strip_node_metadata(proto.graph)
+    if not dynamic_size and proto.ByteSize() < PROTOBUF_LIMIT:
+        trim_conv_kernels(proto)  # exact: drops kernel taps that only ever see padding at this size
     set_metadata(proto, props)
     save_model(proto, path)
     if dynamic_size:
