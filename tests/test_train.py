@@ -49,6 +49,21 @@ def test_learns_the_tiny_task(tmp_path, tiny_folder):
     assert json.loads((run / "summary.json").read_text())["test_accuracy"] >= 0.9
 
 
+def test_without_validation_split_best_is_the_last_epoch(tmp_path, tiny_folder, capsys):
+    run = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "3", "--val-fraction", "0")
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [r["val_loss"] for r in rows] == ["", "", ""]  # not a made-up 0.0
+    assert load_checkpoint(run / "best.pt")["epoch"] == 3  # the test split is evaluated on the newest weights
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == 3 and summary["val_loss"] is None
+    out = capsys.readouterr().out
+    assert "no val" in out and "*best*" not in out
+    with pytest.raises(SystemExit):
+        train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "2", "--val-fraction", "0",
+              "--early-stopping", "2", name="early")
+    assert "no validation images" in capsys.readouterr().err
+
+
 class Interrupt(Exception):
     pass
 

@@ -25,9 +25,10 @@ class Callbacks:
 
 
 def print_epoch(run, row: dict) -> None:
-    best = "  *best*" if row.get("is_best") else ""
+    best = "  *best*" if row.get("is_best") and row["val_loss"] is not None else ""
     print(f"epoch {row['epoch']:>3}/{run.cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
-          f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  lr {row['lr']:.2e}  "
+          + (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  " if row["val_loss"] is not None else "no val  ")
+          + f"lr {row['lr']:.2e}  "
           f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s){best}", flush=True)
 
 
@@ -48,7 +49,7 @@ class TensorBoardLogger:
 
     def on_epoch_end(self, run, row: dict) -> None:
         epoch = row["epoch"]
-        for split in ("train", "val"):
+        for split in ("train", "val") if row["val_loss"] is not None else ("train",):
             self.writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], epoch)
             self.writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], epoch)
         self.writer.add_scalar("lr", row["lr"], epoch)

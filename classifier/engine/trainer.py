@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,9 @@ def _move_optimizer_state(optimizer, device) -> None:
 
 def _train_epochs(run: Run) -> None:
     cfg, state, loaders = run.cfg, run.state, run.data.loaders
+    if cfg.early_stopping and not len(loaders["val"].samples):
+        raise ClassifierError("--early-stopping watches the validation loss, and this run has no validation "
+                              "images (--val-fraction 0): drop one of the two")
     steps_per_epoch = len(loaders["train"])
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -204,14 +208,17 @@ def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict) -> bool:
     train_loss, train_acc = loss_sum / max(count, 1), correct / max(count, 1)
     seconds /= run.dist.world_size
     state.train_time_s += seconds
-    is_best = val["loss"] < state.best_val_loss
-    row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-           "val_acc": val["acc"], "lr": run.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+    has_val = val["count"] > 0  # without a validation split (--val-fraction 0) the newest epoch is best.pt
+    is_best = val["loss"] < state.best_val_loss if has_val else True
+    row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+           "val_loss": val["loss"] if has_val else None, "val_acc": val["acc"] if has_val else None,
+           "lr": run.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
            "images_per_s": count / max(seconds, 1e-9)}
     state.history.append(row)
     state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, {}
     if is_best:
-        state.best_val_loss, state.best_epoch, state.bad_epochs = val["loss"], epoch + 1, 0
+        state.best_val_loss = val["loss"] if has_val else state.best_val_loss
+        state.best_epoch, state.bad_epochs = epoch + 1, 0
     else:
         state.bad_epochs += 1
     if is_best:
@@ -268,7 +275,8 @@ def finish(run: Run) -> dict:
         "model": run.cfg.model, "mode": run.cfg.mode, "dataset": run.cfg.dataset,
         "params": sum(p.numel() for p in run.raw_model.parameters()),
         "trainable_params": sum(p.numel() for p in run.raw_model.parameters() if p.requires_grad),
-        "epochs": run.state.epoch, "best_epoch": run.state.best_epoch, "val_loss": run.state.best_val_loss,
+        "epochs": run.state.epoch, "best_epoch": run.state.best_epoch,
+        "val_loss": run.state.best_val_loss if math.isfinite(run.state.best_val_loss) else None,
         "train_time_s": run.state.train_time_s,
     }
     best = Path(run.dir) / "best.pt"
