@@ -35,6 +35,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ from classifier.report.compare import format_duration, format_params, read_run  
 
 SPEC_DIR = Path(__file__).with_name("experiments")
 RUN_REF = "run:"  # weights: run:NAME -> the best.pt of run NAME of the same matrix
+REPEAT_AXIS = "seed"  # runs differing only in this axis are repeats: summarised as mean and spread
 
 
 @dataclass
@@ -251,7 +253,8 @@ def read_history(run_dir: Path) -> list[dict]:
 
 def curves_figure(matrix: Matrix, group: int, path: Path) -> Path | None:
     """Validation accuracy per epoch: one panel per value of the group's first axis, one line per value
-    of its last axis (e.g. panels = models, lines = modes)."""
+    of its last axis (e.g. panels = models, lines = modes). Repeats (a ``seed`` axis) are drawn as their
+    mean, with the band from the lowest to the highest seed."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
 
@@ -260,16 +263,22 @@ def curves_figure(matrix: Matrix, group: int, path: Path) -> Path | None:
     runs = [r for r in matrix.runs if r.group == group and r.status == "done"]
     if not runs:
         return None
-    axes_names = list(runs[0].axes)
+    axes_names = [a for a in runs[0].axes if a != REPEAT_AXIS]
     panel_key = axes_names[0] if len(axes_names) > 1 else None
     panels = list(dict.fromkeys(r.axes[panel_key] for r in runs)) if panel_key else [None]
     fig = Figure(figsize=(4.6 * len(panels), 3.8), layout="constrained")
     for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        lines = {}  # line label -> the histories of its runs (one per seed)
         for run in (r for r in runs if panel_key is None or r.axes[panel_key] == panel):
-            history = read_history(run.dir)
             label = run.axes[axes_names[-1]] if axes_names else run.name
-            ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], marker="o", markersize=2.5,
-                    label=str(label))
+            lines.setdefault(str(label), []).append(read_history(run.dir))
+        for label, histories in lines.items():
+            epochs = sorted(set.intersection(*({h["epoch"] for h in hist if "val_acc" in h} for hist in histories)))
+            acc = np.array([[next(h["val_acc"] for h in hist if h["epoch"] == e) for e in epochs] for hist in histories])
+            if len(histories) > 1:
+                label += f" (mean of {len(histories)})"
+                ax.fill_between(epochs, acc.min(0), acc.max(0), alpha=0.2)
+            ax.plot(epochs, acc.mean(0), marker="o", markersize=2.5, label=label)
         ax.set_title(str(panel) if panel is not None else matrix.title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy")
@@ -278,6 +287,16 @@ def curves_figure(matrix: Matrix, group: int, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def repeat_groups(matrix: Matrix, rows: list[dict]) -> list[tuple[dict, list[float]]]:
+    """Runs that differ only in their ``seed``: (their other axis values, their test accuracies), in spec order."""
+    groups = {}
+    for run, row in zip(matrix.runs, rows):
+        if REPEAT_AXIS in run.axes and row.get("test_accuracy") is not None:
+            key = (run.group, tuple((k, v) for k, v in run.axes.items() if k != REPEAT_AXIS))
+            groups.setdefault(key, []).append(row["test_accuracy"])
+    return [(dict(key[1]), accs) for key, accs in groups.items()]
 
 
 def best_run(matrix: Matrix, rows: list[dict]) -> Run | None:
@@ -359,6 +378,14 @@ def markdown_section(matrix: Matrix, rows: list[dict], figures: list[tuple[str, 
                        r.get("epochs") or "—"])
     lines = ["#" * level + f" {matrix.title}", ""] + ([matrix.about.strip(), ""] if matrix.about else [])
     lines += _table(header, body, left=4) + [""]
+    repeats = repeat_groups(matrix, rows)
+    if repeats:
+        names = list(repeats[0][0])
+        lines += ["Over seeds (test accuracy):", ""]
+        lines += _table([n.capitalize() for n in names] + ["Seeds", "Mean", "Std. dev.", "Lowest", "Highest"],
+                        [[*axes.values(), len(accs), _pct(np.mean(accs)), f"{100 * np.std(accs, ddof=1):.2f} pt"
+                          if len(accs) > 1 else "—", _pct(min(accs)), _pct(max(accs))] for axes, accs in repeats],
+                        left=len(names)) + [""]
     reasons = {}
     for r in rows:
         if r["status"] != "done":

@@ -191,8 +191,9 @@ def test_shipped_matrices_are_valid_train_py_commands(tmp_path):
     transfer = experiments.load_matrix("transfer", tmp_path, {})
     few_shot = [experiments.check_args(experiments.train_args(r, transfer))[0] for r in transfer.runs[3:]]
     assert [r.name for r in transfer.runs[:3]] == ["pretrain-resnet", "pretrain-resnet18", "pretrain-mobilenet_v2"]
-    assert {(c.model, c.mode) for c in few_shot} == {(m, mode) for m in ("resnet", "resnet18", "mobilenet_v2")
-                                                     for mode in ("scratch", "finetune", "feature-extract")}
+    assert sorted((c.model, c.mode, c.seed) for c in few_shot) == sorted(
+        (m, mode, seed) for m in ("resnet", "resnet18", "mobilenet_v2")
+        for mode in ("scratch", "finetune", "feature-extract") for seed in (0, 1, 2))
     for cfg in few_shot:
         assert cfg.classes == ["5", "6", "7", "8", "9"] and cfg.max_per_class == 100
         assert cfg.weights in (None, str(tmp_path / "transfer" / f"pretrain-{cfg.model}" / "best.pt"))
@@ -216,3 +217,29 @@ def test_weights_from_a_checkpoint_get_a_new_head(tiny_matrix, tmp_path):
     for key, value in model.state_dict().items():
         if key.startswith("backbone."):
             assert torch.equal(value, before[key]), key
+
+
+def test_seed_repeats_are_summarised_and_averaged_in_the_curves(tmp_path):
+    """Runs that differ only in --seed: one row each in the table, plus mean / spread per setting."""
+    spec = write_spec(tmp_path / "seeds.yaml", {"title": "Seeds", "train": {"dataset": "fashion_mnist"}, "groups": [
+        {"name": "{model}-{mode}-seed{seed}", "curves": True,
+         "vary": {"model": ["lenet5"], "mode": ["scratch", "finetune"], "seed": [0, 1, 2]}}]})
+    matrix = experiments.load_matrix(str(spec), tmp_path / "out", {})
+    assert [r.flags["seed"] for r in matrix.runs] == [0, 1, 2, 0, 1, 2]
+    accuracies = [0.80, 0.82, 0.84, 0.90, 0.90, 0.93]
+    full_rows = [{**experiments.result_row(run, matrix), "test_accuracy": acc, "status": "done"}
+                 for run, acc in zip(matrix.runs, accuracies)]  # table rows as a finished matrix has them
+    rows = []
+    for run, acc in zip(matrix.runs, accuracies):
+        run.status = "done"
+        run.dir.mkdir(parents=True)
+        (run.dir / "history.csv").write_text("epoch,val_acc\n1,%.2f\n2,%.2f\n" % (acc - 0.1, acc))
+        rows.append({"run": run.name, "test_accuracy": acc})
+    groups = experiments.repeat_groups(matrix, rows)
+    assert groups == [({"model": "lenet5", "mode": "scratch"}, [0.80, 0.82, 0.84]),
+                      ({"model": "lenet5", "mode": "finetune"}, [0.90, 0.90, 0.93])]
+    md = experiments.markdown_section(matrix, full_rows, [], tmp_path)
+    assert "| lenet5 | scratch | 3 | 82.00% | 2.00 pt | 80.00% | 84.00% |" in md
+    assert "| lenet5 | finetune | 3 | 91.00% | 1.73 pt | 90.00% | 93.00% |" in md
+    figure = experiments.curves_figure(matrix, 0, tmp_path / "curves.png")
+    assert figure.is_file() and figure.stat().st_size > 0
