@@ -3,6 +3,7 @@
 
     python bench/export_speed.py                                  # random weights, stated so
     python bench/export_speed.py --run runs/r18-fmnist runs/mnv2-fmnist runs/vgg-fmnist
+    python bench/export_speed.py --models resnet18 mobilenet_v2 --img-size 96   # speed at another input size
 
 For resnet18, mobilenet_v2 and a custom net (vggnet): a run folder whose checkpoint is that model
 (trained on Fashion-MNIST, say) supplies weights and data; otherwise the model is randomly
@@ -48,15 +49,16 @@ def find_runs(run_dirs) -> dict:
     return found
 
 
-def random_setup(name: str, data_dir: str):
-    """A randomly initialised model at Fashion-MNIST's shape, with Fashion-MNIST samples if on disk."""
+def random_setup(name: str, data_dir: str, side: int | None = None):
+    """A randomly initialised model at Fashion-MNIST's shape (or ``side`` x ``side``), with Fashion-MNIST
+    samples if on disk."""
     from classifier.commands.export import RunSplits
     from classifier.data import load_dataset
     from classifier.errors import ClassifierError
     from classifier.models import create_model, model_entry
     from classifier.preprocess import Preprocessing
 
-    side = max(28, model_entry(name).min_size)
+    side = side or max(28, model_entry(name).min_size)
     prep = Preprocessing(**{**FASHION_MNIST, "size": (side, side)})
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_chans=1).eval()
@@ -83,7 +85,7 @@ def bench_model(name: str, ckpt_path, args, workdir: Path) -> dict:
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
         data, origin = load_run_splits(Path(ckpt_path), ckpt, args.data_dir), f"trained: {ckpt_path}"
     else:
-        model, prep, classes, data = random_setup(name, args.data_dir)
+        model, prep, classes, data = random_setup(name, args.data_dir, args.img_size)
         origin = "randomly initialised (no run given): accuracy not meaningful"
     fp32 = export_onnx(model, prep, {"model_name": name, "classes": list(classes)}, workdir / f"{name}.onnx")
     result = {"model": name, "weights": origin, "input": f"{prep.channels}x{prep.size[0]}x{prep.size[1]}",
@@ -151,6 +153,8 @@ def main(argv=None):
     parser.add_argument("--run", nargs="*", default=[], help="run folders with trained checkpoints")
     parser.add_argument("--models", nargs="*", default=list(MODELS), help="models to bench (default: %(default)s)")
     parser.add_argument("--data-dir", default="datasets")
+    parser.add_argument("--img-size", type=int, help="input side of the randomly initialised models (default: "
+                        "28, or the model's minimum); trained models keep their own")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: PyTorch's)")
     parser.add_argument("--batch", type=int, default=32, help="throughput batch size")
     parser.add_argument("--repeats", type=int, default=100, help="timed batch-1 calls per engine (at most)")
