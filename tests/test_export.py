@@ -297,3 +297,13 @@ def test_export_command_without_data(lenet, prep, tmp_path, capsys):
     report = capsys.readouterr().out
     assert "64 random images" in report and "no accuracy" in report
     assert read_metadata(out.with_name("net.int8.onnx"))["preprocessing_embedded"] is True
+
+
+def test_benchmark_times_every_engine(lenet, lenet_onnx, prep):
+    from classifier.export import benchmark
+
+    results = benchmark(prep, model=lenet, onnx_models={"ORT fp32": lenet_onnx}, threads=1, batch=4, runs=10,
+                        budget_s=0.5, rounds=2)
+    assert [r.name for r in results] == ["PyTorch eager", "ORT fp32"]
+    for r in results:
+        assert r.threads == 1 and r.batch == 4 and 0 < r.median_ms <= r.p90_ms and r.throughput > 0

@@ -56,28 +56,21 @@ def torch_threads(threads: int):
         torch.set_num_threads(before)
 
 
-def _measure(name, make_call, threads, batch, runs, budget_s) -> BenchResult:
-    single = time_calls(make_call(1), runs=runs, budget_s=budget_s) * 1000
-    throughput = None
-    if batch:
-        per_batch = time_calls(make_call(batch), warmup=1, runs=max(3, runs // 5), budget_s=budget_s)
-        throughput = batch / float(np.median(per_batch))
-    return BenchResult(name, threads, float(np.median(single)), float(np.percentile(single, 90)), throughput, batch)
-
-
 def benchmark(prep: Preprocessing, *, model: nn.Module | None = None, onnx_models: dict | None = None,
               threads: int | None = None, batch: int | None = 32, runs: int = 50,
-              budget_s: float = 2.0) -> list[BenchResult]:
+              budget_s: float = 2.0, rounds: int = 5) -> list[BenchResult]:
     """Time PyTorch eager ``model`` (if given) and each ONNX Runtime model in ``onnx_models`` (name -> path).
 
     ``threads``: intra-op threads for both engines (default: PyTorch's current setting, stated in
-    every result). ``batch``: throughput batch size (None skips throughput).
+    every result). ``batch``: throughput batch size (None skips throughput). The engines are timed in
+    ``rounds`` interleaved rounds (each gets ``runs / rounds`` batch-1 calls per round), so a slow spell
+    of a shared machine falls on all of them alike instead of on whichever ran at the time.
     """
     from classifier.inference import open_session
 
     threads = threads or torch.get_num_threads()
     shape = (prep.channels, *prep.size)
-    results = []
+    makers = {}
     if model is not None:
         model.eval()
 
@@ -89,8 +82,7 @@ def benchmark(prep: Preprocessing, *, model: nn.Module | None = None, onnx_model
                     model(x)
             return call
 
-        with torch_threads(threads):
-            results.append(_measure("PyTorch eager", eager_call, threads, batch, runs, budget_s))
+        makers["PyTorch eager"] = eager_call
     for name, path in (onnx_models or {}).items():
         session = open_session(Path(path), threads=threads)
         graph_input = session.get_inputs()[0]
@@ -102,7 +94,24 @@ def benchmark(prep: Preprocessing, *, model: nn.Module | None = None, onnx_model
                  else rng.standard_normal((n, *shape), dtype=np.float32))
             return lambda: session.run(None, {input_name: x})
 
-        results.append(_measure(name, ort_call, threads, batch, runs, budget_s))
+        makers[name] = ort_call
+    calls = {name: (make(1), make(batch) if batch else None) for name, make in makers.items()}
+    single = {name: [] for name in calls}
+    batched = {name: [] for name in calls}
+    with torch_threads(threads):
+        for r in range(rounds):
+            for name, (one, many) in calls.items():
+                single[name].extend(time_calls(one, warmup=3 if r == 0 else 1, runs=max(5, runs // rounds),
+                                               budget_s=budget_s / rounds))
+                if many is not None:
+                    batched[name].extend(time_calls(many, warmup=1, runs=max(1, runs // (5 * rounds)),
+                                                    budget_s=budget_s / rounds))
+    results = []
+    for name in calls:
+        ms = np.asarray(single[name]) * 1000
+        throughput = batch / float(np.median(batched[name])) if batch else None
+        results.append(BenchResult(name, threads, float(np.median(ms)), float(np.percentile(ms, 90)), throughput,
+                                   batch))
     return results
 
 
