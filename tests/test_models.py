@@ -128,19 +128,6 @@ def test_freeze_keeps_backbone_and_bn_stats_fixed():
     assert not torch.equal(before["stem.1.running_mean"], after["stem.1.running_mean"])
 
 
-def test_head_warmup_freeze_keeps_training_batchnorm():
-    """Fine-tuning's head warm-up: convolutions fixed, BatchNorm layers learn (as in fastai)."""
-    model = _small_resnet()
-    freeze_backbone(model, train_norm=True)
-    before = _backbone_state(model)
-    _train_steps(model)
-    assert model.backbone.stem[1].training
-    after = model.backbone.state_dict()
-    assert torch.equal(before["stem.0.weight"], after["stem.0.weight"])
-    for key in ("stem.1.weight", "stem.1.bias", "stem.1.running_mean", "stem.1.running_var"):
-        assert not torch.equal(before[key], after[key]), key
-
-
 def test_param_groups():
     model = _small_resnet()
     groups = {g["name"]: g for g in param_groups(model, lr=0.1, backbone_lr_mult=0.01, weight_decay=0.05)}

@@ -195,7 +195,7 @@ def _set_finetune_phase(run: Run, epoch: int) -> None:
     if run.cfg.mode != "finetune" or not run.cfg.head_warmup_epochs:
         return
     if epoch < run.cfg.head_warmup_epochs:
-        freeze_backbone(run.raw_model, train_norm=True)
+        freeze_backbone(run.raw_model)
     else:
         unfreeze_backbone(run.raw_model)
 

@@ -200,19 +200,12 @@ def pretrained_models() -> list[str]:
 
 # ------------------------------------------------------------------------------- training-time helpers
 
-def freeze_backbone(model: Classifier, *, train_norm: bool = False) -> Classifier:
+def freeze_backbone(model: Classifier) -> Classifier:
     """Feature extraction: no gradients into the backbone and its BatchNorm statistics fixed, even in
-    ``model.train()`` mode. Only the head learns.
-
-    ``train_norm`` (fine-tuning's head warm-up, as fastai's ``fine_tune`` does): the BatchNorm layers
-    keep learning, affine parameters and statistics. With them fixed at the pretraining data's
-    statistics, the features shifted when the backbone unfroze and the warmed-up head no longer fitted
-    them (measured: resnet18's training loss doubled in the first epoch after unfreezing)."""
-    for m in model.backbone.modules():
-        keep = train_norm and isinstance(m, nn.modules.batchnorm._NormBase)
-        for p in m.parameters(recurse=False):
-            p.requires_grad_(keep)
-    model.backbone_frozen = not train_norm
+    ``model.train()`` mode. Only the head learns."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    model.backbone_frozen = True
     return model.train(model.training)
 
 
