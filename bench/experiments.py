@@ -273,8 +273,9 @@ def curves_figure(matrix: Matrix, group: int, path: Path) -> Path | None:
             label = run.axes[axes_names[-1]] if axes_names else run.name
             lines.setdefault(str(label), []).append(read_history(run.dir))
         for label, histories in lines.items():
-            epochs = sorted(set.intersection(*({h["epoch"] for h in hist if "val_acc" in h} for hist in histories)))
-            acc = np.array([[next(h["val_acc"] for h in hist if h["epoch"] == e) for e in epochs] for hist in histories])
+            by_epoch = [{h["epoch"]: h["val_acc"] for h in hist if "val_acc" in h} for hist in histories]
+            epochs = sorted(set.intersection(*(set(d) for d in by_epoch)))  # epochs every seed has
+            acc = np.array([[d[e] for e in epochs] for d in by_epoch])
             if len(histories) > 1:
                 label += f" (mean of {len(histories)})"
                 ax.fill_between(epochs, acc.min(0), acc.max(0), alpha=0.2)

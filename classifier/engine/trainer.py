@@ -209,7 +209,7 @@ def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict) -> bool:
     seconds /= run.dist.world_size
     state.train_time_s += seconds
     has_val = val["count"] > 0  # without a validation split (--val-fraction 0) the newest epoch is best.pt
-    is_best = val["loss"] < state.best_val_loss if has_val else True
+    is_best = not has_val or val["loss"] < state.best_val_loss
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
            "val_loss": val["loss"] if has_val else None, "val_acc": val["acc"] if has_val else None,
            "lr": run.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
@@ -217,8 +217,9 @@ def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict) -> bool:
     state.history.append(row)
     state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, {}
     if is_best:
-        state.best_val_loss = val["loss"] if has_val else state.best_val_loss
         state.best_epoch, state.bad_epochs = epoch + 1, 0
+        if has_val:
+            state.best_val_loss = val["loss"]
     else:
         state.bad_epochs += 1
     if is_best:

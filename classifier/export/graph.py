@@ -32,14 +32,14 @@ def trim_conv_kernels(proto: onnx.ModelProto) -> int:
         if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        size = shapes.get(node.input[0])
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if (size is None or weight.ndim != 4 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+        size, kernel = shapes.get(node.input[0]), list(inits[node.input[1]].dims[2:])
+        if (size is None or len(kernel) != 2 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
                 or any(d != 1 for d in attrs.get("dilations", [1, 1]))):
             continue
-        crop = _used_taps(size, weight.shape[2:], attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0]))
+        crop = _used_taps(size, kernel, attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0]))
         if crop is None:
             continue
+        weight = numpy_helper.to_array(inits[node.input[1]])  # decoded only for a kernel that changes
         (top, bottom), (left, right), pads = crop
         new = numpy_helper.from_array(np.ascontiguousarray(weight[:, :, top:bottom + 1, left:right + 1]),
                                       f"{node.input[1]}.trimmed.{trimmed}")
