@@ -12,8 +12,10 @@ A matrix is a YAML file in bench/experiments/ (or any path): shared train.py fla
 whose ``vary`` axes are crossed (see bench/experiments/transfer.yaml). Every run is ``python train.py``
 in a subprocess, so the command printed and recorded is exactly what ran; its run folder is
 OUT/MATRIX/RUN. A run with summary.json is finished and skipped, one with last.pt is continued with
-``train.py --resume``, so an interrupted matrix resumes where it stopped. Runs whose data is missing are
-skipped with a one-line message; a failed run does not stop the others.
+``train.py --resume``, so an interrupted matrix resumes where it stopped. A run folder made with other
+settings than the matrix now gives (or fine-tuned from a run trained again since) is skipped and reported
+as out of date, never silently counted nor deleted. Runs whose data is missing are skipped with a one-line
+message; a failed run does not stop the others.
 
 Written per matrix: OUT/MATRIX/results.{md,csv,json} (test accuracy, macro and per-class F1, parameters,
 size on disk, training time, epochs, command, report path) and OUT/MATRIX/figures/ (learning curves of
@@ -176,6 +178,31 @@ def run_state(run: Run) -> str:
     return "resume" if (run.dir / "last.pt").is_file() else "new"
 
 
+# settings that say where the run folder and data are or how fast a run goes, not what it learns
+NOT_RESULT_KEYS = {"name", "project", "data_dir", "download", "workers", "threads", "device", "compile",
+                   "progress", "tensorboard", "exist_ok", "save_every", "in_memory"}
+
+
+def stale_settings(run: Run, cfg, matrix: Matrix) -> str | None:
+    """Why a started run's folder is not what the matrix now asks for, or None: settings changed since
+    (e.g. ``epochs 6 -> 15``), or the run it starts from was trained again after it. A run made with other
+    settings must not be reported as this matrix's result."""
+    from classifier.config import load_yaml
+
+    path = run.dir / "config.yaml"
+    if cfg is None or not path.is_file():
+        return None
+    saved, wanted = load_yaml(path), cfg.to_dict()
+    if run.needs and saved.get("weights"):  # the same run's checkpoint, whichever folder it was run from
+        saved["weights"] = wanted["weights"] if Path(saved["weights"]).parent.name == run.needs else saved["weights"]
+    changed = [f"{k} {saved[k]} -> {wanted[k]}" for k in wanted
+               if k in saved and k not in NOT_RESULT_KEYS and saved[k] != wanted[k]]
+    dep = matrix.dir / run.needs / "best.pt" if run.needs else None
+    if dep and dep.is_file() and dep.stat().st_mtime > path.stat().st_mtime:
+        changed.append(f"{run.needs} was trained again after it")
+    return ", ".join(changed) or None
+
+
 def execute(matrix: Matrix, only: list[str], *, dry_run: bool, report_only: bool) -> None:
     """Bring every selected run of the matrix to 'done' (or say why not), in spec order."""
     print(f"== {matrix.name}: {matrix.title} ({len(matrix.runs)} runs, folder {matrix.dir})")
@@ -183,10 +210,15 @@ def execute(matrix: Matrix, only: list[str], *, dry_run: bool, report_only: bool
     for run in matrix.runs:
         run.status = run_state(run)
         argv = train_args(run, matrix)
+        cfg, problem = check_args(argv)
+        stale = run.status != "new" and stale_settings(run, cfg, matrix)
+        if stale:  # never continue or report a run made with other settings; never delete it either
+            run.status, run.reason = "skip", f"its folder is out of date ({stale})"
+            print(f"skip     {run.name}: {run.reason}; move or delete {run.dir} to train it again")
+            continue
         if run.status == "done":
             print(f"done     {run.name}")
             continue
-        cfg, problem = check_args(argv)
         if only and not any(fnmatch.fnmatch(run.name, p) for p in only):
             problem = "not selected (--only)"
         elif problem is None:

@@ -155,6 +155,31 @@ def test_rerun_skips_finished_runs(tiny_matrix, monkeypatch, capsys):
     assert summaries == {p: p.stat().st_mtime_ns for p in (out / "tiny").glob("*/summary.json")}
 
 
+def test_runs_made_with_other_settings_are_not_reported(tiny_matrix, tmp_path, monkeypatch, capsys):
+    """Editing the matrix after its runs finished: the changed run and the run fine-tuned from a retrained
+    checkpoint are skipped with the reason (not reported, not deleted); the others still count."""
+    import os
+    import shutil
+
+    spec, out, *_ = tiny_matrix
+    shutil.copytree(out / "tiny", tmp_path / "tiny")  # another folder: same runs, other paths
+    changed = yaml.safe_load(spec.read_text())
+    changed["groups"][1]["per"]["scratch"]["epochs"] = 3
+    spec = write_spec(tmp_path / "tiny.yaml", changed)
+    later = (tmp_path / "tiny" / "resnet-finetune" / "config.yaml").stat().st_mtime + 10
+    os.utime(tmp_path / "tiny" / "pre-resnet" / "best.pt", (later, later))  # as if pre-resnet was trained again
+    monkeypatch.setattr(experiments.subprocess, "run", no_training)
+    assert experiments.main([str(spec), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "done     pre-resnet" in printed
+    assert "skip     resnet-scratch: its folder is out of date (epochs 2 -> 3); move or delete" in printed
+    assert "skip     resnet-finetune: its folder is out of date (pre-resnet was trained again after it)" in printed
+    rows = json.loads((tmp_path / "tiny" / "results.json").read_text())
+    assert [r["status"] for r in rows] == ["done", "not run", "not run", "not run"]
+    assert "epochs 2 -> 3" in rows[1]["reason"] and "test_accuracy" not in rows[1]
+    assert all((tmp_path / "tiny" / r / "summary.json").is_file() for r in ("resnet-scratch", "resnet-finetune"))
+
+
 def test_an_interrupted_run_resumes_where_it_stopped(tiny_matrix):
     spec, out, code, printed, first_epoch = tiny_matrix
     run_dir = out / "tiny" / "resnet-scratch"
