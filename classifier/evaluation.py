@@ -151,7 +151,9 @@ def evaluate_run_model(run) -> dict:
     model = run.raw_model
     if best.exists():
         model.load_state_dict(load_checkpoint(best)["model"])
-    predict_fn = torch_predict_fn(model, run.data.prep, run.device, run.amp_dtype, tta_flip=run.cfg.tta_flip)
+    # in fp32 even when training used autocast: the figure the run reports is the one eval.py and the
+    # fp32 ONNX export reproduce from best.pt
+    predict_fn = torch_predict_fn(model, run.data.prep, run.device, None, tta_flip=run.cfg.tta_flip)
     metrics = evaluate_and_report(predict_fn, run.data.splits["test"], run.data.classes, run.data.prep.channels,
                                   Path(run.dir) / "eval", title=f"{run.cfg.model} on {run.cfg.dataset} (test split)",
                                   source=str(best), history=run.state.history, progress=run.cfg.progress)

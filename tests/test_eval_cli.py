@@ -32,6 +32,21 @@ def test_eval_on_the_runs_own_test_split(trained_run, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_the_runs_test_figure_is_what_eval_py_reproduces(tmp_path):
+    """Training with bf16 autocast (forced on): the end-of-training test report equals eval.py's on
+    best.pt, down to every image's confidence (eval.py evaluates in fp32)."""
+    data = write_class_images(tmp_path / "colours", per_class=12)
+    run = train_main(["--dataset", f"folder:{data}", "--model", "lenet5", "--epochs", "1", "--augment", "none",
+                      "--batch-size", "16", "--progress", "false", "--amp", "on", "--workers", "0",
+                      "--project", str(tmp_path / "runs"), "--name", "run"])
+    out = eval_main(["--checkpoint", str(run / "best.pt"), "--no-progress"])
+    assert out != run / "eval"
+    at_train_end = (run / "eval" / "predictions.csv").read_text()
+    assert at_train_end == (out / "predictions.csv").read_text() and len(at_train_end.splitlines()) > 5
+    assert json.loads((run / "summary.json").read_text())["test_accuracy"] == \
+        json.loads((out / "metrics.json").read_text())["accuracy"]
+
+
 def test_eval_new_folder_matches_classes_by_name(trained_run, tmp_path, capsys):
     # reordered (sorted differently on disk), one unknown class, one model class missing
     folder = write_class_images(tmp_path / "new", per_class=4, seed=9,
