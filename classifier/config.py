@@ -58,6 +58,7 @@ class Config:
     class_weights: str = "none"  # none | auto: training loss weights inversely proportional to class counts
     head_warmup_epochs: int = 0  # finetune: train only the head for N epochs, then everything
     backbone_lr_mult: float = 1.0  # finetune: backbone learning rate = lr * this (e.g. 0.1)
+    freeze_bn: bool = False  # finetune: the backbone's BatchNorm keeps its pretrained statistics (scale/shift learn)
     early_stopping: int = 0  # stop after N epochs without a lower validation loss (0: off)
     grad_clip: float = 0.0  # max gradient norm (0: off)
     # --- hardware
@@ -138,6 +139,9 @@ def _check(cfg: Config) -> Config:
     if cfg.mode == "scratch" and cfg.weights:
         raise ClassifierError("--mode scratch starts from random weights: drop --weights, or use --mode finetune "
                               "or feature-extract")
+    if cfg.freeze_bn and cfg.mode != "finetune":
+        raise ClassifierError("--freeze-bn keeps pretrained BatchNorm statistics while fine-tuning: it needs "
+                              "--mode finetune (feature-extract freezes them anyway)")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ClassifierError("epochs and batch_size must be at least 1")
     if not 0.0 <= cfg.val_fraction < 1.0 or not 0.0 <= cfg.test_fraction < 1.0:

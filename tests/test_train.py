@@ -129,6 +129,26 @@ def test_finetune_from_checkpoint_of_other_dataset_and_class_count(tmp_path, tin
     assert changed, "fine-tuning must train the backbone"
 
 
+def test_finetune_with_frozen_bn_statistics(tmp_path, tiny_folder, capsys):
+    """--freeze-bn: the backbone's BatchNorm running statistics stay the pretrained ones while its weights
+    (conv and BatchNorm scale) train; without it the statistics move. Scratch with it is refused."""
+    source = train(tmp_path, tiny_folder, "--model", "resnet", "--extra", "{width: 8}", "--epochs", "1", name="src")
+    before = load_checkpoint(source / "best.pt")["model"]
+    stats = [k for k in before if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for flag, name in ((["--freeze-bn", "true"], "frozen"), ([], "moving")):
+        run = train(tmp_path, tiny_folder, "--model", "resnet", "--extra", "{width: 8}", "--epochs", "1",
+                    "--mode", "finetune", "--weights", str(source / "best.pt"), *flag, name=name)
+        after = load_checkpoint(run / "last.pt")["model"]
+        same = [torch.equal(before[k], after[k]) for k in stats]
+        assert all(same) if flag else not any(same), name
+        assert any(not torch.equal(before[k], after[k]) for k in before
+                   if k.startswith("backbone.") and k.endswith("weight")), name
+    with pytest.raises(SystemExit) as exit_info:
+        train(tmp_path, tiny_folder, "--model", "resnet", "--freeze-bn", "true", name="scratch")
+    assert exit_info.value.code == 2 and "--freeze-bn" in capsys.readouterr().err
+
+
 def test_finetune_without_weights_is_an_error(tmp_path, tiny_folder, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train(tmp_path, tiny_folder, "--model", "lenet5", "--mode", "finetune")

@@ -161,6 +161,7 @@ def prepare_model(cfg: Config, data: RunData, *, pretrained_ok: bool = True):
         note += "; new head"
     if cfg.mode == "feature-extract":
         freeze_backbone(model)
+    model.bn_stats_frozen = cfg.freeze_bn
     return model, note
 
 

@@ -40,6 +40,7 @@ class Classifier(nn.Module):
         self.first_conv = first_conv if first_conv is not None else _first_conv_name(backbone)
         self.raw_head = raw_head
         self.backbone_frozen = False
+        self.bn_stats_frozen = False  # fine-tuning with the pretrained BatchNorm statistics (--freeze-bn)
         self.reset_classifier(num_classes)
         # checkpoints saved with and without head dropout differ only in the Linear's key ("head.weight"
         # vs "head.1.weight"); accept either
@@ -70,8 +71,9 @@ class Classifier(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.backbone_frozen:
-            # a frozen feature extractor must not drift: keep its normalisation statistics fixed
+        if mode and (self.backbone_frozen or self.bn_stats_frozen):
+            # a frozen feature extractor must not drift: keep its normalisation statistics fixed (and so
+            # does fine-tuning with --freeze-bn, where the BatchNorm scale and shift still learn)
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._NormBase):
                     m.eval()
