@@ -108,8 +108,11 @@ def load_matrix(name: str, out: Path, overrides: dict) -> Matrix:
         for combo in itertools.product(*axes.values()):
             values = dict(zip(axes, combo))
             flags = {**shared, **{_flag_key(k): v for k, v in (group.get("train") or {}).items()}, **values}
-            for v in combo:  # per-value settings, e.g. per: {finetune: {weights: run:pretrain-{model}}}
-                flags.update({_flag_key(k): x for k, x in ((group.get("per") or {}).get(v) or {}).items()})
+            # per-value settings, in the order written: "finetune" applies to every run whose axes include
+            # that value, "resnet+finetune" to the runs with both values
+            for key, settings in (group.get("per") or {}).items():
+                if all(part in map(str, combo) for part in str(key).split("+")):
+                    flags.update({_flag_key(k): x for k, x in (settings or {}).items()})
             flags = {k: _fill(v, values) for k, v in {**flags, **overrides}.items()}
             published = flags.pop("published", None)
             name = _fill(group.get("name", "run"), values)

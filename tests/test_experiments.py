@@ -191,6 +191,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_matrix):
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
 
 
+def test_per_settings_for_one_value_or_a_combination(tmp_path):
+    spec = write_spec(tmp_path / "per.yaml", {"groups": [{
+        "name": "{model}-{mode}", "vary": {"model": ["a", "b"], "mode": ["scratch", "finetune"]},
+        "per": {"finetune": {"epochs": 3, "lr": 0.1}, "b+finetune": {"lr": 0.01}, "b": {"seed": 7}}}]})
+    runs = {r.name: r.flags for r in experiments.load_matrix(str(spec), tmp_path, {}).runs}
+    assert runs["a-scratch"] == {"model": "a", "mode": "scratch"}
+    assert runs["a-finetune"] == {"model": "a", "mode": "finetune", "epochs": 3, "lr": 0.1}
+    assert runs["b-finetune"] == {"model": "b", "mode": "finetune", "epochs": 3, "lr": 0.01, "seed": 7}
+    assert runs["b-scratch"] == {"model": "b", "mode": "scratch", "seed": 7}
+
+
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path, monkeypatch, capsys):
     data = write_class_images(tmp_path / "colours", per_class=2, classes=COLOURS4)
     spec = write_spec(tmp_path / "tiny.yaml", tiny_transfer_spec(data))
