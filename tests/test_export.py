@@ -243,13 +243,13 @@ def colour_run(lenet, prep, tmp_path_factory):
 def test_export_command_int8_and_mobile(colour_run, capsys):
     from classifier.commands.export import main
 
-    out = main(["--checkpoint", str(colour_run), "--quantize", "int8", "--mobile"])
+    out = main(["--checkpoint", str(colour_run), "--quantize", "int8", "--mobile", "--threads", "1"])
     run = colour_run.parent
     assert out == run / "model.onnx"
     for name in ("model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort", "model.required_operators.config"):
         assert (run / name).is_file(), name
     report = capsys.readouterr().out
-    assert "verified" in report and "val images" in report
+    assert "verified" in report and "val images" in report and "batch 1, 1 thread(s))" in report
     lines = {line.split()[0] + " " + line.split()[1]: line for line in report.splitlines() if line.startswith("ONNX")}
     assert "100.00%" in lines["ONNX fp32"] and " MB" in lines["ONNX int8"]
     assert read_metadata(run / "model.onnx")["config"]["dataset"].startswith("folder:")
@@ -264,6 +264,9 @@ def test_export_command_user_errors_are_one_line(colour_run, tmp_path, capsys, m
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint not found") and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(colour_run), "--threads", "0"])
+    assert capsys.readouterr().err == "error: --threads must be at least 1, got 0\n"
 
     monkeypatch.setattr(onnx_module, "compare_with_torch",
                         lambda *a, **k: onnx_module.Parity(max_abs_diff=0.5, top1_agreement=0.9, images=8))

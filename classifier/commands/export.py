@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write NAME.ort and NAME.required_operators.config for ONNX Runtime Mobile")
     parser.add_argument("--benchmark", action="store_true",
                         help="time PyTorch eager vs ONNX Runtime (batch-1 latency, throughput)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the latency figures and --benchmark, both "
+                        "engines (default: PyTorch's, usually the number of cores)")
     parser.add_argument("--opset", type=int, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     parser.add_argument("--data-dir", help="dataset folder (default: the one the run was trained with)")
     return parser
@@ -132,6 +134,8 @@ def predictions(predictor, samples, batch_size: int = 256) -> np.ndarray:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise ClassifierError(f"--threads must be at least 1, got {args.threads}")
     from classifier.checkpoint import load_checkpoint, model_from_checkpoint
     from classifier.export import benchmark, checkpoint_metadata, export_onnx
     from classifier.inference import Predictor
@@ -155,7 +159,7 @@ def main(argv=None):
 
     _fill_accuracy(rows, Predictor.from_model(model, prep, ckpt["classes"], source=str(ckpt_path)), data)
     timed = benchmark(prep, model=model, onnx_models={r.name: r.path for r in rows if r.path is not None},
-                      batch=32 if args.benchmark else None, runs=50 if args.benchmark else 20,
+                      threads=args.threads, batch=32 if args.benchmark else None, runs=50 if args.benchmark else 20,
                       budget_s=2.0 if args.benchmark else 0.5)
     for row, result in zip(rows, timed):
         row.latency_ms = result.median_ms
