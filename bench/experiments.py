@@ -110,8 +110,9 @@ def load_matrix(name: str, out: Path, overrides: dict) -> Matrix:
             flags = {**shared, **{_flag_key(k): v for k, v in (group.get("train") or {}).items()}, **values}
             # per-value settings, in the order written: "finetune" applies to every run whose axes include
             # that value, "resnet+finetune" to the runs with both values
+            named = {str(v) for v in combo}
             for key, settings in (group.get("per") or {}).items():
-                if all(part in map(str, combo) for part in str(key).split("+")):
+                if set(str(key).split("+")) <= named:
                     flags.update({_flag_key(k): x for k, x in (settings or {}).items()})
             flags = {k: _fill(v, values) for k, v in {**flags, **overrides}.items()}
             published = flags.pop("published", None)
@@ -196,8 +197,8 @@ def stale_settings(run: Run, cfg, matrix: Matrix) -> str | None:
     if cfg is None or not path.is_file():
         return None
     saved, wanted = load_yaml(path), cfg.to_dict()
-    if run.needs and saved.get("weights"):  # the same run's checkpoint, whichever folder it was run from
-        saved["weights"] = wanted["weights"] if Path(saved["weights"]).parent.name == run.needs else saved["weights"]
+    if run.needs and saved.get("weights") and Path(saved["weights"]).parent.name == run.needs:
+        saved["weights"] = wanted["weights"]  # the same run's checkpoint, whichever folder it was run from
     changed = [f"{k} {saved[k]} -> {wanted[k]}" for k in wanted
                if k in saved and k not in NOT_RESULT_KEYS and saved[k] != wanted[k]]
     dep = matrix.dir / run.needs / "best.pt" if run.needs else None
