@@ -206,6 +206,19 @@ def test_ort_format_loads_in_onnxruntime(lenet_onnx, tmp_path):
     reference = ort.InferenceSession(str(local), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert np.abs(session.run(None, {"input": x})[0] - reference).max() <= 1e-4
     assert read_metadata(ort_path)["classes"] == CLASSES
+    assert "nchwc" not in config  # the default target is ARM: no x86-only layout
+
+
+def test_ort_format_for_x86_keeps_the_nchwc_layout(lenet_onnx, tmp_path):
+    local = tmp_path / "model.onnx"
+    local.write_bytes(lenet_onnx.read_bytes())
+    config = required_operators_path(to_ort(local, target="amd64")).read_text()
+    assert "com.microsoft.nchwc" in config
+    x = Predictor.load(local).prepare(colour_images(4)[0])
+    reference = Predictor.load(local).logits(x)
+    assert np.abs(Predictor.load(tmp_path / "model.ort").logits(x) - reference).max() <= 1e-4
+    with pytest.raises(ClassifierError, match="unknown ORT target"):
+        to_ort(local, target="x86")
 
 
 def _with_external_weight(lenet_onnx, folder, location):
@@ -250,6 +263,7 @@ def test_export_command_int8_and_mobile(colour_run, capsys):
         assert (run / name).is_file(), name
     report = capsys.readouterr().out
     assert "verified" in report and "val images" in report and "batch 1, 1 thread(s))" in report
+    assert "model.ort (optimised for arm;" in report
     lines = {line.split()[0] + " " + line.split()[1]: line for line in report.splitlines() if line.startswith("ONNX")}
     assert "100.00%" in lines["ONNX fp32"] and " MB" in lines["ONNX int8"]
     assert read_metadata(run / "model.onnx")["config"]["dataset"].startswith("folder:")

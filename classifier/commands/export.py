@@ -21,7 +21,7 @@ CALIBRATION_BATCH = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from classifier.export.onnx import DEFAULT_OPSET
+    from classifier.export.onnx import DEFAULT_OPSET, ORT_TARGETS
 
     parser = argparse.ArgumentParser(
         description="Export a checkpoint to ONNX, verify it against PyTorch, optionally quantize it to int8 "
@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantize", choices=["int8"], help="also write an int8 model (NAME.int8.onnx)")
     parser.add_argument("--quantize-method", choices=["static", "dynamic"], default="static",
                         help="static: calibrated on training images (default); dynamic: weights only")
-    parser.add_argument("--mobile", action="store_true",
-                        help="also write NAME.ort and NAME.required_operators.config for ONNX Runtime Mobile")
+    parser.add_argument("--mobile", nargs="?", const="arm", choices=ORT_TARGETS, metavar="{arm,amd64}",
+                        help="also write NAME.ort and NAME.required_operators.config for ONNX Runtime Mobile, "
+                             "optimised for ARM CPUs (phones; the default) or amd64 (x86-64 devices)")
     parser.add_argument("--benchmark", action="store_true",
                         help="time PyTorch eager vs ONNX Runtime (batch-1 latency, throughput)")
     parser.add_argument("--threads", type=int, help="CPU threads for the latency figures and --benchmark, both "
@@ -164,7 +165,18 @@ def main(argv=None):
     for row, result in zip(rows, timed):
         row.latency_ms = result.median_ms
     print_report(rows, data, timed, full_benchmark=args.benchmark)
+    if args.mobile and args.mobile != host_cpu():
+        print(f"(the .ort files are optimised for {args.mobile} CPUs: their latency on this {host_cpu()} machine says "
+              f"little about the target device; --mobile {host_cpu()} makes ones for a machine like this)")
     return out
+
+
+def host_cpu() -> str:
+    """This machine's CPU family in ONNX Runtime's converter terms (arm or amd64)."""
+    import platform
+
+    return "arm" if platform.machine().lower() in ("arm64", "aarch64") or platform.machine().startswith("arm") \
+        else "amd64"
 
 
 def _derived_models(args, out: Path, data: RunSplits) -> list[Row]:
@@ -181,9 +193,10 @@ def _derived_models(args, out: Path, data: RunSplits) -> list[Row]:
         rows.append(Row("ONNX int8", int8_path))
     if args.mobile:
         for row in list(rows):
-            ort_path = to_ort(row.path)
+            ort_path = to_ort(row.path, target=args.mobile)
             rows.append(Row(f".ort {row.name.split()[-1]}", ort_path))
-            print(f"mobile: {ort_path} (operators for a reduced build: {required_operators_path(ort_path)})")
+            print(f"mobile: {ort_path} (optimised for {args.mobile}; operators for a reduced build: "
+                  f"{required_operators_path(ort_path)})")
     return rows[1:]
 
 
