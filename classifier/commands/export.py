@@ -165,6 +165,10 @@ def main(argv=None):
     for row, result in zip(rows, timed):
         row.latency_ms = result.median_ms
     print_report(rows, data, timed, full_benchmark=args.benchmark)
+    if args.embed_preprocessing and fp32.agreement is not None and fp32.agreement < 1:
+        print(f"(the graph takes uint8 pixels at {prep.size[0]}x{prep.size[1]}: images of another size are resized "
+              "and rounded to whole pixel values before it, where the checkpoint keeps the fractions, so predictions "
+              "near a tie can differ)")
     if args.mobile and args.mobile != host_cpu():
         print(f"(the .ort files are optimised for {args.mobile} CPUs: their latency on this {host_cpu()} machine says "
               f"little about the target device; --mobile {host_cpu()} makes ones for a machine like this)")
