@@ -62,6 +62,7 @@ def test_without_validation_split_best_is_the_last_epoch(tmp_path, tiny_folder, 
         train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "2", "--val-fraction", "0",
               "--early-stopping", "2", name="early")
     assert "no validation images" in capsys.readouterr().err
+    assert not any((tmp_path / "runs" / "early").iterdir())  # refused before the run wrote anything
 
 
 class Interrupt(Exception):

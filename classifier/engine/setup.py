@@ -107,6 +107,9 @@ def prepare_data(cfg: Config, run_dir: Path, dist: Dist, *, resumed: bool = Fals
     info, official = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
     splits, record = split_dataset(info, official, val_fraction=cfg.val_fraction,
                                    test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if cfg.early_stopping and not len(splits["val"]):  # before anything is written to the run folder
+        raise ClassifierError("--early-stopping watches the validation loss, and this run has no validation "
+                              "images (--val-fraction 0): drop one of the two")
     split_file = Path(run_dir) / "split.json"
     if resumed and split_file.exists() and load_split(split_file) != json.loads(json.dumps(record)):
         raise ClassifierError(f"the data changed since this run started: its split differs from {split_file}")

@@ -141,9 +141,6 @@ def _move_optimizer_state(optimizer, device) -> None:
 
 def _train_epochs(run: Run) -> None:
     cfg, state, loaders = run.cfg, run.state, run.data.loaders
-    if cfg.early_stopping and not len(loaders["val"].samples):
-        raise ClassifierError("--early-stopping watches the validation loss, and this run has no validation "
-                              "images (--val-fraction 0): drop one of the two")
     steps_per_epoch = len(loaders["train"])
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
