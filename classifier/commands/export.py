@@ -179,8 +179,7 @@ def host_cpu() -> str:
     """This machine's CPU family in ONNX Runtime's converter terms (arm or amd64)."""
     import platform
 
-    return "arm" if platform.machine().lower() in ("arm64", "aarch64") or platform.machine().startswith("arm") \
-        else "amd64"
+    return "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "amd64"
 
 
 def _derived_models(args, out: Path, data: RunSplits) -> list[Row]:
