@@ -2,7 +2,8 @@
 
 Everything it needs comes from the artifact: a checkpoint carries its preprocessing and class names,
 an exported model its metadata. Both backends turn pixels into model input with the same
-``to_model_input``, so a checkpoint and its export give the same predictions::
+``to_model_input`` (or, for a graph with embedded preprocessing, the graph computes it), so a
+checkpoint and its export give the same predictions::
 
     predictor = Predictor.load("runs/demo/model.onnx")
     probs = predictor.predict([image])            # uint8 HWC arrays of any size and channel count
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from classifier.errors import ClassifierError
-from classifier.preprocess import Preprocessing, to_model_input
+from classifier.preprocess import Preprocessing, convert_channels, to_model_input
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ONNX_SUFFIXES = (".onnx", ".ort")
@@ -87,16 +88,24 @@ def model_input(images, prep: Preprocessing) -> torch.Tensor:
     return torch.cat([to_model_input(g, prep) for g in groups])
 
 
-def pixels_at_model_size(images, prep: Preprocessing) -> torch.Tensor:
-    """uint8 images -> uint8 NCHW at the model's size and channels, for graphs with embedded preprocessing.
+def pixels_at_model_size(group: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 NCHW -> uint8 NCHW at the model's size and channels, for embedded-preprocessing graphs that
+    do not resize (exported with a dynamic size).
 
     Uses ``to_model_input`` with a mean of 0 and std of 1 (so its output is pixels / 255): the resize and
     channel conversion are exactly the ones the checkpoint path uses, then rounded back to uint8.
     """
     identity = Preprocessing(size=prep.size, channels=prep.channels, mean=(0.0,) * prep.channels,
                              std=(1.0,) * prep.channels)
-    x = model_input(images, identity)
-    return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return (to_model_input(group, identity) * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def pixels_in_channels(group: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 NCHW -> uint8 NCHW with ``channels`` (gray replicated, or luma rounded as PIL's
+    ``convert("L")`` rounds it), size kept: the input of a graph that resizes."""
+    if group.shape[1] == channels:
+        return group
+    return convert_channels(group.float(), channels).round().clamp(0, 255).to(torch.uint8)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -109,13 +118,15 @@ class Predictor:
     """Class probabilities for images, from a checkpoint or an exported model."""
 
     def __init__(self, run, prep: Preprocessing, classes: list[str], *, source: str, backend: str,
-                 raw_pixels: bool = False, input_shape=None, metadata: dict | None = None, tta_flip: bool = False):
+                 raw_pixels: bool = False, resize_embedded: bool = False, input_shape=None,
+                 metadata: dict | None = None, tta_flip: bool = False):
         self._run = run  # model input (numpy NCHW) -> logits (numpy N x C)
         self.prep = prep
         self.classes = list(classes)
         self.source = source
         self.backend = backend  # "torch" or "onnxruntime"
         self.raw_pixels = raw_pixels  # the graph takes uint8 pixels (preprocessing embedded)
+        self.resize_embedded = resize_embedded  # ... of any size: the graph resizes them itself
         self.input_shape = input_shape  # graph input shape; str/None entries are dynamic
         self.metadata = metadata or {}
         self.tta_flip = tta_flip  # logits = mean of the image's and its mirror image's (as the run evaluated)
@@ -167,13 +178,31 @@ class Predictor:
             return session.run(None, {name: x})[0]
 
         return cls(run, prep, meta["classes"], source=str(path), backend="onnxruntime",
-                   raw_pixels=bool(meta.get("preprocessing_embedded")), input_shape=list(graph_input.shape),
+                   raw_pixels=bool(meta.get("preprocessing_embedded")),
+                   resize_embedded=bool(meta.get("resize_embedded")), input_shape=list(graph_input.shape),
                    metadata=meta, tta_flip=bool(meta.get("tta_flip")))
 
     def prepare(self, images) -> np.ndarray:
-        """uint8 images -> the array this model takes (normalised float32, or uint8 pixels if embedded)."""
-        x = pixels_at_model_size(images, self.prep) if self.raw_pixels else model_input(images, self.prep)
-        return x.numpy()
+        """uint8 images -> the array this model takes (normalised float32, or uint8 pixels if embedded).
+
+        A graph that resizes takes its images at their own size, so one array holds one size: images of
+        several sizes are refused here (``predict`` batches them by size).
+        """
+        groups = image_groups(images)
+        if self.resize_embedded and len(groups) > 1:
+            raise ClassifierError(f"{self.source} resizes images itself, so an array holds images of one size; "
+                                  f"these have {len(groups)} sizes: use predict(), which batches them by size")
+        if not groups:
+            return self.to_input(torch.zeros((0, self.prep.channels, *self.prep.size), dtype=torch.uint8))
+        return np.concatenate([self.to_input(g) for g in groups])
+
+    def to_input(self, group: torch.Tensor) -> np.ndarray:
+        """Same-sized uint8 NCHW images -> the array this model takes."""
+        if self.resize_embedded:
+            return pixels_in_channels(group, self.prep.channels).numpy()
+        if self.raw_pixels:
+            return pixels_at_model_size(group, self.prep).numpy()
+        return to_model_input(group, self.prep).numpy()
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw logits for prepared model input (NCHW); wrong shapes or dtypes get a one-line error."""
@@ -210,8 +239,8 @@ class Predictor:
         if isinstance(images, np.ndarray) and images.ndim != 4:
             raise ClassifierError(f"an image array must be an NHWC batch, got shape {images.shape}; "
                                   "pass a single image as [image]")
-        outputs = [softmax(self.logits(self.prepare(images[i:i + batch_size])))
-                   for i in range(0, len(images), batch_size)]
+        outputs = [softmax(self.logits(self.to_input(group))) for i in range(0, len(images), batch_size)
+                   for group in image_groups(images[i:i + batch_size])]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
 
     def predict_files(self, paths, *, batch_size: int = 32) -> np.ndarray:

@@ -58,8 +58,13 @@ def to_model_input(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     x = images.float()
     x = convert_channels(x, prep.channels)
     if tuple(x.shape[-2:]) != prep.size:
-        x = F.interpolate(x, size=prep.size, mode="bilinear", antialias=True, align_corners=False)
+        x = resize(x, prep.size)
     return normalize(x, prep)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The toolkit's one resize (float NCHW): bilinear with antialias. Exact identity at the same size."""
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
@@ -70,12 +75,21 @@ def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 class InputNormalizer(nn.Module):
-    """The normalisation as a module, to fold into an exported graph (input: 0-255 pixels, NCHW)."""
+    """``to_model_input`` after the channel conversion, as a module to fold into an exported graph.
 
-    def __init__(self, prep: Preprocessing):
+    Input: 0-255 pixels, NCHW, in the model's channels. ``resize``: any height and width is resized
+    to ``prep.size`` as ``to_model_input`` does (at that size the resize is an exact identity);
+    without it the input must already be at the size the model runs at.
+    """
+
+    def __init__(self, prep: Preprocessing, *, resize: bool = False):
         super().__init__()
+        self.size = prep.size if resize else None
         self.register_buffer("mean", torch.tensor(prep.mean).view(1, -1, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(prep.std).view(1, -1, 1, 1) * 255.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        x = x.float()
+        if self.size is not None:
+            x = resize(x, self.size)
+        return (x - self.mean) / self.std

@@ -6,15 +6,17 @@
 
 The model file describes itself: its metadata (``metadata_props``, JSON for lists) gives the class
 names, the input size (height, width), the colour mode (L or RGB), the normalisation (mean, std on
-the 0-1 scale) and whether that normalisation is inside the graph (then the input is raw uint8
-pixels). This script is the whole recipe for a deployment in any language:
+the 0-1 scale) and whether preprocessing is inside the graph (``preprocessing_embedded``: the input
+is raw uint8 pixels; ``resize_embedded``: of any size, the graph resizes them). This script is the whole
+recipe for a deployment in any language:
 
-    1. open the image, convert it to ``color_mode``, resize it to ``input_size``
+    1. open the image, convert it to ``color_mode``; unless ``resize_embedded``, resize it to ``input_size``
     2. HWC -> NCHW; if ``preprocessing_embedded`` feed uint8, else (pixel / 255 - mean) / std as float32
     3. run, softmax the "logits" output, look the index up in ``classes``
 
 The toolkit resizes with torch's antialiased bilinear filter; Pillow's bilinear filter is very close
-but not bit-identical, so images not already at the model's size may differ in the last digits.
+but not bit-identical, so images not already at the model's size may differ in the last digits. A
+model exported with ``--embed-preprocessing`` resizes with the toolkit's own filter, inside the graph.
 """
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ def preprocess(image_path: str, meta: dict) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float gray: scale to 8 bits first
         values = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.uint8(255 * (values - values.min()) / max(np.ptp(values), 1e-12)))
-    image = image.convert(meta["color_mode"]).resize((width, height), Image.BILINEAR)
+    image = image.convert(meta["color_mode"])
+    if meta.get("resize_embedded") != "true":
+        image = image.resize((width, height), Image.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels  # HWC
     nchw = pixels.transpose(2, 0, 1)[None]

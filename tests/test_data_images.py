@@ -121,7 +121,7 @@ def test_every_mode_reaches_the_model_identically_everywhere(tmp_path, channels)
     from classifier.commands.test import classify
     from classifier.data import Samples, build_loader
     from classifier.evaluation import run_predictions, torch_predict_fn
-    from classifier.inference import Predictor, model_input, pixels_at_model_size
+    from classifier.inference import Predictor, as_nchw, model_input
     from classifier.preprocess import InputNormalizer, Preprocessing
 
     paths = []
@@ -142,7 +142,7 @@ def test_every_mode_reaches_the_model_identically_everywhere(tmp_path, channels)
     predictor = Predictor.from_model(classified, prep, ["a", "b"])
     classify(predictor, paths, batch_size=64)
     predictor.predict_files(paths)
-    embedded = InputNormalizer(prep)(pixels_at_model_size([load_image(p, channels) for p in paths], prep))
+    embedded = torch.cat([InputNormalizer(prep, resize=True)(as_nchw(load_image(p, channels))) for p in paths])
     for name, x in [("training, in memory", loader_input(True)), ("training, streamed", loader_input(False)),
                     ("evaluation", evaluated.inputs[0]), ("test.py", classified.inputs[0]),
                     ("Predictor.predict_files", classified.inputs[1]), ("ONNX, embedded preprocessing", embedded)]:

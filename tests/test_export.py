@@ -109,17 +109,28 @@ def test_pretrained_family_exports_verify(name, prep, tmp_path):
     assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
 
 
-def test_embedded_preprocessing_takes_uint8_pixels(lenet, prep, tmp_path):
+def test_embedded_preprocessing_takes_uint8_pixels_of_any_size(lenet, prep, tmp_path):
     path = export_onnx(lenet, prep, {"classes": CLASSES}, tmp_path / "raw.onnx", embed_preprocessing=True)
     meta = read_metadata(path)
-    assert meta["preprocessing_embedded"] is True and meta["input_dtype"] == "uint8"
-    pixels = torch.from_numpy(colour_images(8, seed=4)[0]).permute(0, 3, 1, 2).contiguous()
+    assert meta["preprocessing_embedded"] is True and meta["resize_embedded"] is True
+    assert meta["input_dtype"] == "uint8"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": pixels.numpy()})[0]
-    with torch.inference_mode():
-        want = lenet(to_model_input(pixels, prep)).numpy()
-    assert np.abs(got - want).max() <= 1e-4
-    assert verify_onnx(path, lenet, colour_images(16, seed=5)[0]).top1_agreement == 1.0
+    for height, width in [(SIZE, SIZE), (45, 28), (20, 70)]:  # the graph resizes as the checkpoint path does
+        pixels = torch.from_numpy(random_images(3, size=max(height, width), seed=height)[:, :height, :width])
+        pixels = pixels.permute(0, 3, 1, 2).contiguous()
+        got = session.run(None, {"input": pixels.numpy()})[0]
+        with torch.inference_mode():
+            want = lenet(to_model_input(pixels, prep)).numpy()
+        assert np.abs(got - want).max() <= 1e-4, (height, width)
+    mixed = [random_images(1, size=s, seed=s)[0] for s in (SIZE, 40, 25, 40)]
+    assert verify_onnx(path, lenet, mixed).top1_agreement == 1.0
+    with pytest.raises(ClassifierError, match="2 sizes: use predict"):
+        Predictor.load(path).prepare(mixed[:2])
+    # with --dynamic-size the model itself takes other sizes: the graph normalises and does not resize
+    dyn = export_onnx(lenet, prep, {"classes": CLASSES}, tmp_path / "dyn.onnx", embed_preprocessing=True,
+                      dynamic_size=True)
+    assert read_metadata(dyn)["resize_embedded"] is False
+    assert "Resize" not in {node.op_type for node in onnx.load(str(dyn)).graph.node}
 
 
 def test_dynamic_size_export_runs_at_other_sizes(prep, tmp_path):

@@ -58,10 +58,14 @@ def test_checkpoint_and_onnx_predict_the_same(artifacts):
 
 def test_embedded_preprocessing_model_agrees(artifacts):
     pt, raw = Predictor.load(artifacts["pt"]), Predictor.load(artifacts["raw"])
-    assert raw.raw_pixels and raw.prepare(mixed_images()).dtype == np.uint8
-    batch = np.random.default_rng(2).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)  # model size: exact
+    assert raw.raw_pixels and raw.resize_embedded and raw.prepare(mixed_images()[2:3]).dtype == np.uint8
+    batch = np.random.default_rng(2).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
     assert np.abs(pt.predict(batch) - raw.predict(batch)).max() <= 1e-5
-    assert (pt.predict(mixed_images()).argmax(1) == raw.predict(mixed_images()).argmax(1)).all()
+    gray = [image for image in mixed_images() if image.ndim == 2 or image.shape[2] == 1]  # 28x28 and 40x31
+    assert np.abs(pt.predict(gray) - raw.predict(gray)).max() <= 1e-5  # the graph resizes as the checkpoint does
+    # colour images reach the gray graph as rounded luma (as PIL's convert("L") gives); the checkpoint keeps
+    # the fractions
+    assert np.abs(pt.predict(mixed_images()) - raw.predict(mixed_images())).max() <= 1e-2
 
 
 def test_ort_format_predicts_like_onnx(artifacts, tmp_path):
@@ -116,6 +120,14 @@ def test_onnx_client_example(artifacts, tmp_path):
     first = result.stdout.splitlines()[0]
     expected = CLASSES[int(Predictor.load(artifacts["onnx"]).predict_files([image]).argmax())]
     assert first.startswith(expected)
+    # a model with embedded preprocessing takes the image at any size and resizes it in the graph
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (45, 33), dtype=np.uint8)).save(image)
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "onnx_client.py"), str(artifacts["raw"]),
+                             str(image), "--top", str(len(CLASSES))], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout.split("(")[1].rstrip(")\n").split(", ")
+    probs = Predictor.load(artifacts["pt"]).predict_files([image])[0]
+    assert shown == [f"{CLASSES[i]} {probs[i]:.1%}" for i in np.argsort(probs)[::-1]]  # the checkpoint's figures
 
 
 def test_tta_flip_runs_are_predicted_as_they_were_evaluated(tmp_path):

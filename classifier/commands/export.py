@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="ONNX file to write (default: model.onnx beside the checkpoint)")
     parser.add_argument("--dynamic-size", action="store_true", help="let input height and width vary too")
     parser.add_argument("--embed-preprocessing", action="store_true",
-                        help="fold pixel scaling and normalisation into the graph: input is uint8 NCHW pixels")
+                        help="fold resizing, pixel scaling and normalisation into the graph: input is uint8 NCHW "
+                             "pixels of any height and width")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     parser.add_argument("--quantize", choices=["int8"], help="also write an int8 model (NAME.int8.onnx)")
     parser.add_argument("--quantize-method", choices=["static", "dynamic"], default="static",
@@ -165,10 +166,9 @@ def main(argv=None):
     for row, result in zip(rows, timed):
         row.latency_ms = result.median_ms
     print_report(rows, data, timed, full_benchmark=args.benchmark)
-    if args.embed_preprocessing and fp32.agreement is not None and fp32.agreement < 1:
-        print(f"(the graph takes uint8 pixels at {prep.size[0]}x{prep.size[1]}: images of another size are resized "
-              "and rounded to whole pixel values before it, where the checkpoint keeps the fractions, so predictions "
-              "near a tie can differ)")
+    if args.embed_preprocessing and args.dynamic_size and fp32.agreement is not None and fp32.agreement < 1:
+        print("(with --dynamic-size the graph does not resize: images are resized and rounded to whole pixel values "
+              "before it, where the checkpoint keeps the fractions, so predictions near a tie can differ)")
     if args.mobile and args.mobile != host_cpu():
         print(f"(the .ort files are optimised for {args.mobile} CPUs: their latency on this {host_cpu()} machine says "
               f"little about the target device; --mobile {host_cpu()} makes ones for a machine like this)")
@@ -242,13 +242,15 @@ def _verify(out: Path, model, prep, data: RunSplits) -> float:
 
 def calibration_batches(fp32_predictor, data: RunSplits):
     """Model-input batches of training images, prepared exactly as the fp32 model takes them."""
+    from classifier.inference import image_groups
+
     train = data.get("train")
     if train is None:
         raise ClassifierError(f"static int8 quantization calibrates on training images, but there are none "
                               f"({data.note}); pass --data-dir or use --quantize-method dynamic")
     idx = seeded_subset(len(train), CALIBRATION_IMAGES)
-    return (fp32_predictor.prepare(sample_images(train, fp32_predictor.prep.channels, idx[i:i + CALIBRATION_BATCH]))
-            for i in range(0, len(idx), CALIBRATION_BATCH))
+    return (fp32_predictor.to_input(group) for i in range(0, len(idx), CALIBRATION_BATCH)
+            for group in image_groups(sample_images(train, fp32_predictor.prep.channels, idx[i:i + CALIBRATION_BATCH])))
 
 
 def _fill_accuracy(rows: list[Row], torch_predictor, data: RunSplits) -> None:

@@ -39,7 +39,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 # How metadata values are decoded; keys not listed stay strings.
 _JSON_KEYS = {"classes", "input_size", "mean", "std", "config"}
 _INT_KEYS = {"channels", "num_classes", "opset"}
-_BOOL_KEYS = {"preprocessing_embedded", "dynamic_batch", "dynamic_size", "tta_flip"}
+_BOOL_KEYS = {"preprocessing_embedded", "resize_embedded", "dynamic_batch", "dynamic_size", "tta_flip"}
 
 
 def checkpoint_metadata(ckpt: dict) -> dict:
@@ -56,7 +56,7 @@ def checkpoint_metadata(ckpt: dict) -> dict:
     }
 
 
-def preprocessing_metadata(prep: Preprocessing, *, embedded: bool) -> dict:
+def preprocessing_metadata(prep: Preprocessing, *, embedded: bool, resize_embedded: bool = False) -> dict:
     """What a client must do to an image before feeding the model."""
     return {
         "input_size": list(prep.size),
@@ -64,8 +64,10 @@ def preprocessing_metadata(prep: Preprocessing, *, embedded: bool) -> dict:
         "color_mode": "L" if prep.channels == 1 else "RGB",
         "mean": list(prep.mean),
         "std": list(prep.std),
-        "resize": "bilinear with antialias to input_size (height, width)",
+        "resize": ("in the graph: any height and width -> input_size, bilinear with antialias" if resize_embedded
+                   else "bilinear with antialias to input_size (height, width)"),
         "preprocessing_embedded": embedded,
+        "resize_embedded": resize_embedded,
         "input_dtype": "uint8" if embedded else "float32",
         "input_layout": "NCHW",
         "input_range": "0-255 pixels" if embedded else "(pixel / 255 - mean) / std",
@@ -76,24 +78,28 @@ def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, 
                 dynamic_size: bool = False, embed_preprocessing: bool = False, opset: int | None = None) -> Path:
     """Export ``model`` to ``path`` (input "input", output "logits") with ``metadata`` and ``prep`` stored.
 
-    ``embed_preprocessing`` folds pixel scaling and normalisation into the graph: the input is then
-    uint8 NCHW pixels at the model size. ``dynamic_size`` also lets height and width vary (checked by
-    running the exported model at a second size; a model that cannot is refused).
+    ``embed_preprocessing`` folds the resize, pixel scaling and normalisation into the graph: the input
+    is then uint8 NCHW pixels of any height and width, in the model's channels, and the graph computes
+    what ``to_model_input`` does. ``dynamic_size`` lets the model itself run at other sizes (checked by
+    running the exported model at a second size; a model that cannot is refused); with both, the graph
+    normalises but does not resize.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     opset = opset or DEFAULT_OPSET
-    net = nn.Sequential(InputNormalizer(prep), model) if embed_preprocessing else model
+    resize_embedded = embed_preprocessing and not dynamic_size
+    net = nn.Sequential(InputNormalizer(prep, resize=resize_embedded), model) if embed_preprocessing else model
     was_training = model.training
     net.eval()
     example = _example_input(prep, embedded=embed_preprocessing, batch=2)
     try:
-        proto, exporter = _trace(net, example, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset)
+        proto, exporter = _trace(net, example, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size or resize_embedded,
+                                 opset=opset)
     finally:
         model.train(was_training)
     props = {
         **metadata,
-        **preprocessing_metadata(prep, embedded=embed_preprocessing),
+        **preprocessing_metadata(prep, embedded=embed_preprocessing, resize_embedded=resize_embedded),
         "dynamic_batch": dynamic_batch,
         "dynamic_size": dynamic_size,
         "opset": opset,
@@ -106,8 +112,9 @@ def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, 
         trim_conv_kernels(proto)  # exact: drops kernel taps that only ever see padding at this size
     set_metadata(proto, props)
     save_model(proto, path)
-    if dynamic_size:
-        _check_other_size(path, prep, embedded=embed_preprocessing)
+    if dynamic_size or resize_embedded:
+        _check_other_size(path, prep, embedded=embed_preprocessing, fix="export without --dynamic-size" if dynamic_size
+                          else "export without --embed-preprocessing")
     return path
 
 
@@ -182,7 +189,8 @@ def _native_stdout_silenced():
         os.close(saved)
 
 
-def _check_other_size(path: Path, prep: Preprocessing, *, embedded: bool) -> None:
+def _check_other_size(path: Path, prep: Preprocessing, *, embedded: bool, fix: str) -> None:
+    """The exported graph must run on an input of another height and width; otherwise it is removed."""
     from classifier.inference import open_session
 
     height, width = prep.size
@@ -193,7 +201,7 @@ def _check_other_size(path: Path, prep: Preprocessing, *, embedded: bool) -> Non
     except Exception as err:  # noqa: BLE001 - ORT raises several types for shape errors
         path.unlink(missing_ok=True)
         raise ClassifierError(f"this model only runs at its own input size {height}x{width} (at {other[0]}x"
-                              f"{other[1]}: {_first_line(err, 160)}); export without --dynamic-size") from None
+                              f"{other[1]}: {_first_line(err, 160)}); {fix}") from None
 
 
 def set_metadata(proto: onnx.ModelProto, props: dict) -> None:
@@ -324,24 +332,27 @@ class Parity:
 def compare_with_torch(onnx_path, model: nn.Module, images, *, batch_size: int = 64) -> Parity:
     """Run ``images`` (uint8 HWC list or NHWC array) through ONNX Runtime and ``model``; compare logits.
 
-    Both get the same pixels at the model's size: normalised for PyTorch, and for the ONNX model what
-    its metadata asks for (normalised, or raw uint8 when preprocessing is embedded).
+    PyTorch gets what the checkpoint path gives it (``to_model_input``), the ONNX model what its metadata
+    asks for: normalised input, or uint8 pixels when preprocessing is embedded. A graph that resizes
+    gets the images at their own size; one that does not (dynamic size) gets them resized and rounded
+    to uint8 outside the graph, and then PyTorch gets those same rounded pixels.
     """
-    from classifier.inference import Predictor, pixels_at_model_size
+    from classifier.inference import Predictor, image_groups, pixels_at_model_size
     from classifier.preprocess import to_model_input
 
     predictor = Predictor.load(onnx_path)
     model.eval()
     worst, agree, count = 0.0, 0, 0
     for start in range(0, len(images), batch_size):
-        pixels = pixels_at_model_size(images[start:start + batch_size], predictor.prep)
-        with torch.inference_mode():
-            ref = model(to_model_input(pixels, predictor.prep)).float().numpy()
-        x = pixels.numpy() if predictor.raw_pixels else to_model_input(pixels, predictor.prep).numpy()
-        got = predictor.logits(x)
-        worst = max(worst, float(np.abs(got - ref).max()))
-        agree += int((got.argmax(1) == ref.argmax(1)).sum())
-        count += len(ref)
+        for group in image_groups(images[start:start + batch_size]):
+            if predictor.raw_pixels and not predictor.resize_embedded:
+                group = pixels_at_model_size(group, predictor.prep)
+            with torch.inference_mode():
+                ref = model(to_model_input(group, predictor.prep)).float().numpy()
+            got = predictor.logits(predictor.to_input(group))
+            worst = max(worst, float(np.abs(got - ref).max()))
+            agree += int((got.argmax(1) == ref.argmax(1)).sum())
+            count += len(ref)
     if count == 0:
         raise ClassifierError("no images to compare the ONNX model with PyTorch on")
     return Parity(worst, agree / count, count)
