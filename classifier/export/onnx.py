@@ -93,8 +93,8 @@ def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, 
     net.eval()
     example = _example_input(prep, embedded=embed_preprocessing, batch=2)
     try:
-        proto, exporter = _trace(net, example, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size or resize_embedded,
-                                 opset=opset)
+        proto, exporter = _trace(net, example, dynamic_batch=dynamic_batch,
+                                 dynamic_size=dynamic_size or resize_embedded, opset=opset)
     finally:
         model.train(was_training)
     props = {
