@@ -84,12 +84,10 @@ class InputNormalizer(nn.Module):
 
     def __init__(self, prep: Preprocessing, *, resize: bool = False):
         super().__init__()
-        self.size = prep.size if resize else None
-        self.register_buffer("mean", torch.tensor(prep.mean).view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(prep.std).view(1, -1, 1, 1) * 255.0)
+        self.prep, self.resizes = prep, resize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        if self.size is not None:
-            x = resize(x, self.size)
-        return (x - self.mean) / self.std
+        if self.resizes:
+            x = resize(x, self.prep.size)
+        return normalize(x, self.prep)
