@@ -90,29 +90,3 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not is_toolkit_checkpoint(obj):
         raise ClassifierError(f"{path} is not a checkpoint written by this toolkit (no '{FORMAT}' marker)")
     return obj
-
-
-def model_from_checkpoint(ckpt: dict):
-    """Rebuild the model described by a toolkit checkpoint and load its weights (eval mode, CPU)."""
-    from classifier.models import create_model
-
-    kwargs = (ckpt.get("config") or {}).get("extra") or {}  # builder options such as width or depth
-    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"], **kwargs)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError:
-        raise ClassifierError(
-            f"checkpoint weights do not fit model '{ckpt['model_name']}': {_misfit(model.state_dict(), ckpt['model'])}"
-        ) from None
-    return model.eval()
-
-
-def _misfit(target: dict, state: dict) -> str:
-    """One line on how a state dict differs from a model's: counts and an example of each difference."""
-    differences = {
-        "missing": [k for k in target if k not in state],
-        "unexpected": [k for k in state if k not in target],
-        "of another shape": [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in state
-                             if k in target and state[k].shape != target[k].shape],
-    }
-    return ", ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in differences.items() if keys)

@@ -16,33 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.artifact import ONNX_SUFFIXES, decode_metadata, open_session, prep_from_metadata
+from classifier.checkpoint import load_checkpoint
+from classifier.data import load_image
 from classifier.errors import ClassifierError
+from classifier.models import model_from_checkpoint
 from classifier.preprocess import Preprocessing, convert_channels, to_model_input
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-ONNX_SUFFIXES = (".onnx", ".ort")
-
-
-def open_session(path, *, threads: int | None = None):
-    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (None: ONNX Runtime's choice)."""
-    import onnxruntime as ort
-
-    from classifier.export.onnx import load_proto
-
-    path = Path(path)
-    if not path.is_file():
-        raise ClassifierError(f"model file not found: {path}")
-    if path.suffix != ".ort":
-        load_proto(path)  # refuses external data outside the model's folder before ORT reads it
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: optimiser notes are noise to a user
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
-        raise ClassifierError(f"ONNX Runtime cannot load {path}: {str(err).strip().splitlines()[0][:200]}") from None
 
 
 def as_nchw(images) -> torch.Tensor:
@@ -143,8 +124,6 @@ class Predictor:
 
     @classmethod
     def _from_checkpoint(cls, path: Path) -> "Predictor":
-        from classifier.checkpoint import load_checkpoint, model_from_checkpoint
-
         ckpt = load_checkpoint(path)
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
         predictor = cls.from_model(model_from_checkpoint(ckpt), prep, ckpt["classes"], source=str(path))
@@ -166,8 +145,6 @@ class Predictor:
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None) -> "Predictor":
-        from classifier.export.onnx import decode_metadata, prep_from_metadata
-
         session = open_session(path, threads=threads)
         meta = decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
         prep = prep_from_metadata(meta, source=str(path))
@@ -245,8 +222,6 @@ class Predictor:
 
     def predict_files(self, paths, *, batch_size: int = 32) -> np.ndarray:
         """Class probabilities (N, C) for image files (any format and mode Pillow reads)."""
-        from classifier.data import load_image
-
         paths = list(paths)
         outputs = [self.predict([load_image(p, self.prep.channels) for p in paths[i:i + batch_size]])
                    for i in range(0, len(paths), batch_size)]

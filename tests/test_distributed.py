@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from classifier.checkpoint import load_checkpoint, model_from_checkpoint
+from classifier.checkpoint import load_checkpoint
+from classifier.models import model_from_checkpoint
 from classifier.config import make_config
 from classifier.data import InMemoryLoader, Samples, StreamingLoader, build_loader
 from classifier.engine.runtime import Dist

@@ -133,7 +133,7 @@ def test_onnx_client_example(artifacts, tmp_path):
 def test_tta_flip_runs_are_predicted_as_they_were_evaluated(tmp_path):
     """A run trained with --tta-flip is evaluated on image + mirror; its checkpoint and its ONNX export too."""
     from classifier.checkpoint import load_checkpoint
-    from classifier.export.onnx import checkpoint_metadata
+    from classifier.artifact import checkpoint_metadata
 
     torch.manual_seed(0)
     prep = Preprocessing(size=(28, 28), channels=1, mean=(0.29,), std=(0.35,))

@@ -1,9 +1,9 @@
 """Deployment: ONNX export with self-describing metadata, verification against PyTorch, int8
 quantization, the ORT (ONNX Runtime Mobile) format, and CPU benchmarks."""
+from classifier.artifact import checkpoint_metadata, prep_from_metadata, read_metadata
 from classifier.export.benchmark import BenchResult, benchmark, format_results
-from classifier.export.onnx import (DEFAULT_OPSET, ORT_TARGETS, Parity, checkpoint_metadata, compare_with_torch,
-                                    export_onnx, prep_from_metadata, read_metadata, required_operators_path, to_ort,
-                                    verify_onnx)
+from classifier.export.onnx import (DEFAULT_OPSET, ORT_TARGETS, Parity, compare_with_torch, export_onnx,
+                                    required_operators_path, to_ort, verify_onnx)
 from classifier.export.quantize import quantize_int8
 
 __all__ = [

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from classifier.artifact import open_session
 from classifier.preprocess import Preprocessing
 
 
@@ -72,7 +73,6 @@ def benchmark(prep: Preprocessing, *, model: nn.Module | None = None, onnx_model
     ``rounds`` interleaved rounds (each gets ``runs / rounds`` batch-1 calls per round), so a slow spell
     of a shared machine falls on all of them alike instead of on whichever ran at the time.
     """
-    from classifier.inference import open_session
 
     threads = threads or torch.get_num_threads()
     shape = (prep.channels, *prep.size)

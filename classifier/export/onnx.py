@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
-import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -23,56 +21,18 @@ import torch
 from torch import nn
 
 import classifier
+from classifier.artifact import (INPUT_NAME, OUTPUT_NAME, first_line, load_proto, open_session, preprocessing_metadata, set_metadata)
 from classifier.errors import ClassifierError
 from classifier.export.graph import trim_conv_kernels
 from classifier.fileio import atomic_target
-from classifier.preprocess import InputNormalizer, Preprocessing
+from classifier.inference import Predictor, image_groups, pixels_at_model_size
+from classifier.preprocess import InputNormalizer, Preprocessing, to_model_input
 
 # Opset 18 is the lowest the torch.export-based exporter emits natively, and it runs on every
 # ONNX Runtime since 1.14 (including the prebuilt mobile packages). Resize with antialias needs 18.
 DEFAULT_OPSET = 18
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 # Largest protobuf a single .onnx file can hold; above it weights go to an external data file.
 PROTOBUF_LIMIT = 2**31 - 1
-
-# How metadata values are decoded; keys not listed stay strings.
-_JSON_KEYS = {"classes", "input_size", "mean", "std", "config"}
-_INT_KEYS = {"channels", "num_classes", "opset"}
-_BOOL_KEYS = {"preprocessing_embedded", "resize_embedded", "dynamic_batch", "dynamic_size", "tta_flip"}
-
-
-def checkpoint_metadata(ckpt: dict) -> dict:
-    """The metadata an export of a toolkit checkpoint carries besides its preprocessing."""
-    dataset = ckpt.get("dataset")
-    return {
-        "model_name": ckpt["model_name"],
-        "classes": list(ckpt["classes"]),
-        "num_classes": int(ckpt["num_classes"]),
-        "dataset": dataset if isinstance(dataset, str) or dataset is None else json.dumps(dataset),
-        "epoch": ckpt.get("epoch"),
-        "config": ckpt.get("config"),  # the training config: provenance, and which classes were kept
-        "tta_flip": bool((ckpt.get("config") or {}).get("tta_flip")),  # clients average image + mirror logits
-    }
-
-
-def preprocessing_metadata(prep: Preprocessing, *, embedded: bool, resize_embedded: bool = False) -> dict:
-    """What a client must do to an image before feeding the model."""
-    return {
-        "input_size": list(prep.size),
-        "channels": prep.channels,
-        "color_mode": "L" if prep.channels == 1 else "RGB",
-        "mean": list(prep.mean),
-        "std": list(prep.std),
-        "resize": ("in the graph: any height and width -> input_size, bilinear with antialias" if resize_embedded
-                   else "bilinear with antialias to input_size (height, width)"),
-        "preprocessing_embedded": embedded,
-        "resize_embedded": resize_embedded,
-        "input_dtype": "uint8" if embedded else "float32",
-        "input_layout": "NCHW",
-        "input_range": "0-255 pixels" if embedded else "(pixel / 255 - mean) / std",
-    }
-
 
 def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, dynamic_batch: bool = True,
                 dynamic_size: bool = False, embed_preprocessing: bool = False, opset: int | None = None) -> Path:
@@ -153,7 +113,7 @@ def _trace(net, example, *, dynamic_batch, dynamic_size, opset) -> tuple[onnx.Mo
                                         external_data=False, verbose=False)
             return program.model_proto, f"torch.onnx dynamo (torch {torch.__version__})"
         except Exception as err:  # noqa: BLE001 - any capture failure: try the other exporter
-            errors.append(_first_line(err))
+            errors.append(first_line(err))
         try:
             buf = io.BytesIO()
             axes = {INPUT_NAME: dims, OUTPUT_NAME: {0: "batch"} if dynamic_batch else {}}
@@ -162,17 +122,9 @@ def _trace(net, example, *, dynamic_batch, dynamic_size, opset) -> tuple[onnx.Mo
                                   opset_version=opset, dynamo=False, dynamic_axes=axes)
             return onnx.load_from_string(buf.getvalue()), f"torch.onnx torchscript (torch {torch.__version__})"
         except Exception as err:  # noqa: BLE001
-            errors.append(_first_line(err))
+            errors.append(first_line(err))
     raise ClassifierError(f"cannot export this model to ONNX opset {opset}: {errors[0]} "
                           f"(TorchScript exporter: {errors[1]})")
-
-
-def _first_line(err: BaseException, limit: int = 240) -> str:
-    """The first line of the innermost cause: the exporter wraps the real reason in advice text."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
 
 
 @contextlib.contextmanager
@@ -191,8 +143,6 @@ def _native_stdout_silenced():
 
 def _check_other_size(path: Path, prep: Preprocessing, *, embedded: bool, fix: str) -> None:
     """The exported graph must run on an input of another height and width; otherwise it is removed."""
-    from classifier.inference import open_session
-
     height, width = prep.size
     other = (height + max(8, height // 4), width + max(8, width // 4))
     x = _example_input(prep, embedded=embedded, batch=1, size=other).numpy()
@@ -201,101 +151,7 @@ def _check_other_size(path: Path, prep: Preprocessing, *, embedded: bool, fix: s
     except Exception as err:  # noqa: BLE001 - ORT raises several types for shape errors
         path.unlink(missing_ok=True)
         raise ClassifierError(f"this model only runs at its own input size {height}x{width} (at {other[0]}x"
-                              f"{other[1]}: {_first_line(err, 160)}); {fix}") from None
-
-
-def set_metadata(proto: onnx.ModelProto, props: dict) -> None:
-    """Store ``props`` in ``metadata_props``, replacing keys already there; None values are skipped."""
-    encoded = {k: _encode(v) for k, v in props.items() if v is not None}
-    keep = {p.key: p.value for p in proto.metadata_props if p.key not in encoded}
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {**keep, **encoded})
-
-
-def _encode(value) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)
-
-
-def decode_metadata(props: dict[str, str]) -> dict:
-    """Strings from ``metadata_props`` -> Python values for the keys this toolkit writes."""
-    out = {}
-    for key, value in props.items():
-        try:
-            if key in _JSON_KEYS:
-                value = json.loads(value)
-            elif key in _INT_KEYS:
-                value = int(value)
-            elif key in _BOOL_KEYS:
-                value = value.lower() == "true"
-        except ValueError:
-            raise ClassifierError(f"bad metadata value {key}={value[:80]!r} in the model file") from None
-        out[key] = value
-    return out
-
-
-def read_metadata(path) -> dict:
-    """Decoded metadata of an ``.onnx`` or ``.ort`` model (refuses external data outside its folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClassifierError(f"model file not found: {path}")
-    if path.suffix == ".ort":
-        from classifier.inference import open_session
-
-        return decode_metadata(dict(open_session(path).get_modelmeta().custom_metadata_map))
-    proto = load_proto(path)
-    return decode_metadata({p.key: p.value for p in proto.metadata_props})
-
-
-def prep_from_metadata(meta: dict, source="model") -> Preprocessing:
-    missing = [k for k in ("input_size", "channels", "mean", "std", "classes") if k not in meta]
-    if missing:
-        raise ClassifierError(f"{source} has no toolkit metadata ({', '.join(missing)} missing): "
-                              "export it with export.py, or use the checkpoint")
-    return Preprocessing(size=tuple(meta["input_size"]), channels=meta["channels"], mean=meta["mean"], std=meta["std"])
-
-
-def load_proto(path, *, with_weights: bool = False) -> onnx.ModelProto:
-    """Load an ONNX file; external data must lie inside the model's own folder."""
-    path = Path(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # noqa: BLE001 - protobuf decode errors have no common type
-        raise ClassifierError(f"cannot read ONNX model {path}: {_first_line(err, 160)}") from None
-    check_external_data(proto, path.parent)
-    if with_weights:
-        onnx.load_external_data_for_model(proto, str(path.parent))
-    return proto
-
-
-def check_external_data(proto: onnx.ModelProto, model_dir: Path) -> None:
-    """Refuse tensors whose external data file is outside ``model_dir`` (absolute, ``..`` or a symlink out)."""
-    root = Path(model_dir).resolve()
-    for tensor in _all_tensors(proto.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (root / location).resolve()
-        if not location or Path(location).is_absolute() or not target.is_relative_to(root):
-            raise ClassifierError(f"refused: tensor '{tensor.name}' takes its data from '{location}', "
-                                  f"outside the model's folder {root}")
-
-
-def _all_tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    yield from (s.values for s in graph.sparse_initializer)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _all_tensors(sub)
+                              f"{other[1]}: {first_line(err, 160)}); {fix}") from None
 
 
 def save_model(proto: onnx.ModelProto, path: Path) -> Path:
@@ -337,8 +193,6 @@ def compare_with_torch(onnx_path, model: nn.Module, images, *, batch_size: int =
     gets the images at their own size; one that does not (dynamic size) gets them resized and rounded
     to uint8 outside the graph, and then PyTorch gets those same rounded pixels.
     """
-    from classifier.inference import Predictor, image_groups, pixels_at_model_size
-    from classifier.preprocess import to_model_input
 
     predictor = Predictor.load(onnx_path)
     model.eval()
@@ -366,7 +220,7 @@ def verify_onnx(onnx_path, model: nn.Module, images, *, max_abs_diff: float = 1e
     try:
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except onnx.checker.ValidationError as err:
-        raise ClassifierError(f"ONNX checker rejected {onnx_path}: {_first_line(err)}") from None
+        raise ClassifierError(f"ONNX checker rejected {onnx_path}: {first_line(err)}") from None
     parity = compare_with_torch(onnx_path, model, images)
     if parity.max_abs_diff > max_abs_diff or parity.top1_agreement < min_agreement:
         raise ClassifierError(f"ONNX verification failed for {onnx_path}: {parity} (targets: diff <= "
@@ -397,7 +251,7 @@ def to_ort(onnx_path, target: str = "arm") -> Path:
             convert_onnx_models_to_ort(onnx_path, optimization_styles=[OptimizationStyle.Fixed],
                                        target_platform=target)
     except Exception as err:  # noqa: BLE001 - the converter raises whatever ORT raised
-        raise ClassifierError(f"conversion of {onnx_path} to ORT format failed: {_first_line(err)}") from None
+        raise ClassifierError(f"conversion of {onnx_path} to ORT format failed: {first_line(err)}") from None
     ort_path = onnx_path.with_suffix(".ort")
     if not ort_path.is_file():
         raise ClassifierError(f"conversion of {onnx_path} to ORT format wrote no {ort_path}")

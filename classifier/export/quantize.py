@@ -17,7 +17,8 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_dynamic, quantize_static)
 
 from classifier.errors import ClassifierError
-from classifier.export.onnx import INPUT_NAME, _first_line, load_proto, quiet, save_model, set_metadata
+from classifier.artifact import INPUT_NAME, first_line, load_proto, set_metadata
+from classifier.export.onnx import quiet, save_model
 
 METHODS = ("static", "dynamic")
 
@@ -70,7 +71,7 @@ def quantize_int8(fp32_path, out_path, *, calibration_batches=None, method: str 
                 except ClassifierError:
                     raise
                 except Exception as err:  # noqa: BLE001
-                    raise ClassifierError(f"static int8 quantization failed: {_first_line(err)}") from None
+                    raise ClassifierError(f"static int8 quantization failed: {first_line(err)}") from None
                 if reader.images == 0:
                     raise ClassifierError("static int8 quantization got no calibration images")
                 note = (f"int8 static QDQ, {'per-channel' if per_channel else 'per-tensor'} int8 weights, "
@@ -79,7 +80,7 @@ def quantize_int8(fp32_path, out_path, *, calibration_batches=None, method: str 
                 try:
                     quantize_dynamic(prepared, quantized, weight_type=QuantType.QInt8, per_channel=per_channel)
                 except Exception as err:  # noqa: BLE001
-                    raise ClassifierError(f"dynamic int8 quantization failed: {_first_line(err)}") from None
+                    raise ClassifierError(f"dynamic int8 quantization failed: {first_line(err)}") from None
                 note = f"int8 dynamic, {'per-channel' if per_channel else 'per-tensor'} int8 weights"
         proto = onnx.load(str(quantized))
     set_metadata(proto, {"quantization": note})
@@ -97,4 +98,4 @@ def _pre_process(src: Path, dst: Path) -> None:
         try:
             quant_pre_process(src, dst, skip_symbolic_shape=True)
         except Exception as err:  # noqa: BLE001
-            raise ClassifierError(f"cannot prepare {src} for quantization: {_first_line(err)}") from None
+            raise ClassifierError(f"cannot prepare {src} for quantization: {first_line(err)}") from None

@@ -11,6 +11,7 @@ from classifier.models.registry import (
     freeze_backbone,
     list_models,
     model_entry,
+    model_from_checkpoint,
     model_summary,
     param_groups,
     pretrained_models,
@@ -28,5 +29,5 @@ from classifier.models.pretrained import (
 __all__ = [
     "Classifier", "ModelEntry", "LoadReport", "create_model", "register_model", "model_entry", "list_models",
     "pretrained_models", "freeze_backbone", "unfreeze_backbone", "param_groups", "load_weights",
-    "adapt_input_conv", "model_summary", "torchvision_weights_file",
+    "adapt_input_conv", "model_from_checkpoint", "model_summary", "torchvision_weights_file",
 ]

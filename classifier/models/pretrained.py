@@ -20,7 +20,8 @@ from torch import nn
 from classifier._compat import import_torchvision
 from classifier.checkpoint import is_toolkit_checkpoint, load_state_file
 from classifier.errors import ClassifierError, unknown_choice
-from classifier.models.registry import TIMM_PREFIX, Classifier, ModelEntry, _remap_head_keys, register_model
+from classifier.models.registry import (TIMM_PREFIX, Classifier, ModelEntry, _remap_head_keys, register_family,
+                                       register_model)
 
 
 # ------------------------------------------------------------------------------ first-conv adaptation
@@ -187,6 +188,13 @@ def timm_entry(name: str) -> ModelEntry:
         min_size=size if cfg.get("fixed_input_size") else 32, default_size=size,
         builder=functools.partial(_build_timm, arch), description=f"timm {arch}",
     )
+
+
+def timm_names(pattern: str) -> list[str]:
+    return [TIMM_PREFIX + n for n in import_timm().list_models(pattern)]
+
+
+register_family(TIMM_PREFIX, timm_entry, timm_names)
 
 
 def _build_timm(arch: str, *, num_classes, in_chans, pretrained, drop_rate, **kwargs) -> Classifier:

@@ -140,32 +140,32 @@ def register_model(name: str, *, source: str, pretrained: bool = False, min_size
     return decorate
 
 
-def _load_builtin() -> None:
-    # builders register themselves on import; importing here lets registry functions work even when only
-    # this module was imported
-    from classifier.models import custom, pretrained  # noqa: F401
+# Families too large to register name by name (timm's catalogue): prefix -> (entry_for(name), names(pattern)).
+# Builders register themselves when ``classifier.models`` imports them; this module imports no builder.
+_FAMILIES: dict[str, tuple[Callable[[str], ModelEntry], Callable[[str], list[str]]]] = {}
+
+
+def register_family(prefix: str, entry_for: Callable[[str], ModelEntry], names: Callable[[str], list[str]]):
+    """Models named ``prefix + anything``: ``entry_for(full name)`` builds the entry on demand."""
+    _FAMILIES[prefix] = (entry_for, names)
 
 
 def model_entry(name: str) -> ModelEntry:
     """Metadata for a registered name, or for any ``timm/<model>`` name (built from timm's config)."""
-    _load_builtin()
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith(TIMM_PREFIX):
-        from classifier.models.pretrained import timm_entry
-
-        return timm_entry(name)
+    for prefix, (entry_for, _) in _FAMILIES.items():
+        if name.startswith(prefix):
+            return entry_for(name)
     raise unknown_choice("model", name, list(_REGISTRY))
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching an fnmatch pattern; ``timm/<pattern>`` lists timm's catalogue instead."""
-    _load_builtin()
     names = sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
-    if pattern.startswith(TIMM_PREFIX):
-        from classifier.models.pretrained import import_timm
-
-        names += [TIMM_PREFIX + n for n in import_timm().list_models(pattern[len(TIMM_PREFIX):])]
+    for prefix, (_, family_names) in _FAMILIES.items():
+        if pattern.startswith(prefix):
+            names += family_names(pattern[len(prefix):])
     return names
 
 
@@ -196,7 +196,6 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, pretrained: 
 
 
 def pretrained_models() -> list[str]:
-    _load_builtin()
     return sorted(n for n, e in _REGISTRY.items() if e.has_pretrained) + [TIMM_PREFIX + "<any timm model>"]
 
 
@@ -259,3 +258,27 @@ def model_summary(model: nn.Module, input_size, device="cpu") -> str:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         return (f"{type(model).__name__}: {total:,} parameters ({trainable:,} trainable)\n"
                 f"(no layer table: torchinfo failed: {reason})")
+
+
+def model_from_checkpoint(ckpt: dict):
+    """Rebuild the model described by a toolkit checkpoint and load its weights (eval mode, CPU)."""
+    kwargs = (ckpt.get("config") or {}).get("extra") or {}  # builder options such as width or depth
+    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"], **kwargs)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise ClassifierError(
+            f"checkpoint weights do not fit model '{ckpt['model_name']}': {_misfit(model.state_dict(), ckpt['model'])}"
+        ) from None
+    return model.eval()
+
+
+def _misfit(target: dict, state: dict) -> str:
+    """One line on how a state dict differs from a model's: counts and an example of each difference."""
+    differences = {
+        "missing": [k for k in target if k not in state],
+        "unexpected": [k for k in state if k not in target],
+        "of another shape": [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in state
+                             if k in target and state[k].shape != target[k].shape],
+    }
+    return ", ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in differences.items() if keys)
