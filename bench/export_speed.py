@@ -52,7 +52,7 @@ def find_runs(run_dirs) -> dict:
 def random_setup(name: str, data_dir: str, side: int | None = None):
     """A randomly initialised model at Fashion-MNIST's shape (or ``side`` x ``side``), with Fashion-MNIST
     samples if on disk."""
-    from classifier.commands.export import RunSplits
+    from classifier.data import RunSplits
     from classifier.data import load_dataset
     from classifier.errors import ClassifierError
     from classifier.models import create_model, model_entry
@@ -64,18 +64,19 @@ def random_setup(name: str, data_dir: str, side: int | None = None):
     model = create_model(name, num_classes=10, in_chans=1).eval()
     try:
         info, splits = load_dataset("fashion_mnist", data_dir, download=False)
-        data = RunSplits(splits, "Fashion-MNIST official splits")
+        data = RunSplits(info, info.classes, splits, None, "Fashion-MNIST official splits")
         classes = info.classes
     except ClassifierError as err:
-        data, classes = RunSplits({}, f"no data ({err})"), [str(i) for i in range(10)]
+        classes = [str(i) for i in range(10)]
+        data = RunSplits(None, classes, {}, None, f"no data ({err})")
     return model, prep, classes, data
 
 
 def bench_model(name: str, ckpt_path, args, workdir: Path) -> dict:
     from classifier.checkpoint import load_checkpoint
-from classifier.models import model_from_checkpoint
-    from classifier.commands.export import (calibration_batches, load_run_splits, predictions, sample_images,
-                                            seeded_subset)
+    from classifier.export.from_checkpoint import (calibration_batches, load_run_splits, predictions,
+                                                   sample_images, seeded_subset)
+    from classifier.models import model_from_checkpoint
     from classifier.export import benchmark, compare_with_torch, export_onnx, quantize_int8
     from classifier.inference import Predictor
     from classifier.preprocess import Preprocessing

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from classifier.commands import cli_entry  # noqa: E402
-from classifier.config import add_config_arguments, resolve_config  # noqa: E402
+import classifier  # noqa: E402
+from classifier.config import add_config_arguments, given_values  # noqa: E402
 
 DEFAULT_TARGETS = (0.93, 0.94, 0.95)
 FIELDS = ("epoch", "wall_min", "train_min", "val_acc", "test_acc", "test_loss")
@@ -95,17 +96,14 @@ class TestSplitTracker:
 
 @cli_entry
 def main(argv=None):
-    from classifier.engine.trainer import fit
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
                         help="test accuracies to time, as fractions (default: %(default)s)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    cfg = resolve_config(args)
     command = " ".join(["python", "bench/time_to_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     tracker = TestSplitTracker(args.targets, time.perf_counter(), command)
-    run_dir = fit(cfg, callbacks={"on_epoch_end": [tracker.on_epoch_end]})
+    run_dir = classifier.train(callbacks={"on_epoch_end": [tracker.on_epoch_end]}, **given_values(args)).dir
     print(f"\n{command}\nmachine: {tracker.machine}\n{tracker.summary()}\n"
           f"figures: {Path(run_dir) / 'time_to_accuracy.json'}", flush=True)
     return tracker

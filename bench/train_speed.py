@@ -136,12 +136,12 @@ def toolkit_loop(model_name: str, prep, info, samples, args, device: torch.devic
     from classifier.engine.loop import StepContext, train_one_epoch
     from classifier.engine.optim import build_optimizer
     from classifier.engine.runtime import Dist, amp_dtype
-    from classifier.engine.setup import RunData, optimizer_groups, prepare_model, wrap_model
+    from classifier.engine.build import RunData, build_model, optimizer_groups, wrap_model
 
     cfg = make_config({"model": model_name, "batch_size": args.batch_size, "lr": PLAIN_LR, "compile": args.compile,
                        "device": device.type, "progress": False})
     torch.manual_seed(0)
-    model, _ = prepare_model(cfg, RunData(info, list(info.classes), {"train": samples}, {}, prep, {}))
+    model, _ = build_model(cfg, RunData(info, list(info.classes), {"train": samples}, {}, prep, {}))
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -1,2 +1,19 @@
-"""Image classification by transfer learning, and its deployment."""
-__version__ = "0.1.0"
+"""Image classification by transfer learning, and its deployment.
+
+    import classifier
+    run = classifier.train(model="resnet18", mode="finetune", weights="imagenet", dataset="folder:photos")
+    model = classifier.load(run.dir / "best.pt")          # or an exported .onnx / .ort
+    model.predict(["a.jpg"], topk=3)[0].label
+    model.evaluate("new_photos/").metrics["accuracy"]
+    model.export(quantize="int8")
+
+See classifier/api.py for the whole surface.
+"""
+__version__ = "0.2.0"
+
+from classifier.api import (EvalReport, Model, Prediction, Predictions, TrainResult, check_data, list_models,  # noqa: E402
+                            load, show_dataset, train)
+from classifier.errors import ClassifierError  # noqa: E402
+
+__all__ = ["train", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
+           "TrainResult", "EvalReport", "ClassifierError", "__version__"]

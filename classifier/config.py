@@ -23,6 +23,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "onecycle", "step", "none")
 SAMPLERS = ("shuffle", "balanced")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+# what a resume may change (a longer run, the hardware, logging); every other key stays the run's own
+RESUMABLE_KEYS = frozenset({"epochs", "device", "threads", "progress", "workers", "save_every", "early_stopping",
+                            "tensorboard", "eval_test"})
 
 
 @dataclass
@@ -195,11 +198,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=argparse.SUPPRESS, help=help_text)
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    """Defaults < recipe < YAML file < command-line flags."""
+def given_values(args: argparse.Namespace) -> dict:
+    """The settings a user gave on the command line: recipe < YAML file < flags (defaults not included)."""
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     values.update({k: v for k, v in vars(args).items() if k in FIELDS})
-    return make_config(with_recipe(values))
+    return with_recipe(values)
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Defaults < recipe < YAML file < command-line flags."""
+    return make_config(given_values(args))
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"

@@ -1,43 +1,30 @@
 """Evaluate a classifier on labelled samples and write the report folder.
 
-Used at the end of training (test split) and by ``eval.py`` (a split, or a new image folder), for
-``.pt`` and ``.onnx`` models alike: a model is reached only through ``predict_fn(list of uint8 HWC
-images) -> probabilities``, so every backend gets the same pixels. Images are decoded a batch at a time
-(threads in parallel), so memory stays flat however many images a folder holds.
+Used at the end of training (test split), by ``eval.py`` and by ``Model.evaluate`` (a split, a new image
+folder, arrays), for ``.pt``, ``.onnx`` and ``.ort`` models alike: a model is reached only through a
+``Predictor`` (classifier/inference.py), so every backend gets the same pixels and the same test-time
+flip rule. Images are decoded a batch at a time (threads in parallel), so memory stays flat however
+many images a folder holds.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from classifier.preprocess import Preprocessing
+from classifier.data import BadImageError, load_image
+from classifier.inference import Predictor
+from classifier.metrics import compute_metrics
+from classifier.preprocess import convert_channels
+from classifier.report.writer import prediction_rows, write_evaluation_report
 
 GRID_PER_CLASS = 6
 
 
-def torch_predict_fn(model, prep: Preprocessing, device=torch.device("cpu"), amp_dtype=None, tta_flip=False):
-    from classifier.engine.loop import eval_logits
-    from classifier.engine.runtime import autocast
-    from classifier.inference import model_input
-
-    model.eval()
-
-    @torch.inference_mode()
-    def predict(images):
-        x = model_input(images, prep).to(device)
-        with autocast(device, amp_dtype):
-            return torch.softmax(eval_logits(model, x, tta_flip), 1).cpu().numpy()
-
-    return predict
-
-
 def _read(samples, i: int, channels: int):
-    from classifier.data import BadImageError, load_image
-
     if getattr(samples, "images", None) is not None:
         im = samples.images[i]
         return im if im.shape[-1] == channels else _convert(im, channels)
@@ -48,8 +35,6 @@ def _read(samples, i: int, channels: int):
 
 
 def _convert(im: np.ndarray, channels: int) -> np.ndarray:
-    from classifier.preprocess import convert_channels
-
     t = torch.from_numpy(im).permute(2, 0, 1)[None].float()
     return convert_channels(t, channels)[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
 
@@ -72,13 +57,14 @@ def iter_image_batches(samples, channels: int, batch_size: int, skipped: list, *
                 yield [idx[k] for k in ok], [images[k] for k in ok], labels
 
 
-def run_predictions(predict_fn, samples, channels: int, *, batch_size: int = 256, progress: bool = True):
+def run_predictions(predictor: Predictor, samples, *, batch_size: int = 256, progress: bool = True):
     """Probabilities, labels and sample indices for every readable sample, plus the skipped files."""
+    channels = predictor.prep.channels
     probs, labels, indices, skipped = [], [], [], []
     bar = tqdm(total=len(samples), desc="evaluating", unit="img", disable=not progress, leave=False,
                mininterval=1.0)
     for idx, images, y in iter_image_batches(samples, channels, batch_size, skipped):
-        probs.append(predict_fn(images))
+        probs.append(predictor.predict(images, batch_size=batch_size))
         labels.append(y)
         indices += idx
         bar.update(len(idx))
@@ -108,8 +94,6 @@ def grid_samples(samples, indices, probs, labels, channels: int, per_class: int 
 
 def images_to_uint8_batch(images: list, side: int) -> np.ndarray:
     """Resize uint8 HWC images to side x side for display."""
-    import torch.nn.functional as F
-
     out = []
     for im in images:
         t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float()
@@ -119,18 +103,15 @@ def images_to_uint8_batch(images: list, side: int) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, side, side, 1), np.uint8)
 
 
-def evaluate_and_report(predict_fn, samples, classes: list, channels: int, out_dir, *, title: str = "",
-                        source: str = "", history=None, batch_size: int = 256, progress: bool = True) -> dict:
+def evaluate_and_report(predictor: Predictor, samples, out_dir, *, title: str = "", source: str = "",
+                        history=None, batch_size: int = 256, progress: bool = True) -> dict:
     """Predict every sample, compute the metrics, write the report folder; returns the metrics.
 
     Samples labelled -1 (a class the model does not know) are predicted and listed in predictions.csv
     but kept out of the metrics, and counted in ``metrics["unknown_class_samples"]``.
     """
-    from classifier.metrics import compute_metrics
-    from classifier.report.writer import prediction_rows, write_evaluation_report
-
-    probs, labels, indices, skipped = run_predictions(predict_fn, samples, channels, batch_size=batch_size,
-                                                      progress=progress)
+    classes, channels = predictor.classes, predictor.prep.channels
+    probs, labels, indices, skipped = run_predictions(predictor, samples, batch_size=batch_size, progress=progress)
     known = labels >= 0
     metrics = compute_metrics(labels[known], probs[known], classes)
     metrics["unknown_class_samples"] = int((~known).sum())
@@ -140,23 +121,3 @@ def evaluate_and_report(predict_fn, samples, classes: list, channels: int, out_d
     write_evaluation_report(out_dir, metrics, predictions=rows, sample_images=grid, history=history,
                             title=title, source=source)
     return metrics
-
-
-def evaluate_run_model(run) -> dict:
-    """End of training: the best checkpoint on the run's test split, report in runs/NAME/eval/."""
-    from classifier.checkpoint import load_checkpoint
-    from classifier.report.plots import confusion_matrix_figure
-
-    best = Path(run.dir) / "best.pt"
-    model = run.raw_model
-    if best.exists():
-        model.load_state_dict(load_checkpoint(best)["model"])
-    # in fp32 even when training used autocast: the figure the run reports is the one eval.py and the
-    # fp32 ONNX export reproduce from best.pt
-    predict_fn = torch_predict_fn(model, run.data.prep, run.device, None, tta_flip=run.cfg.tta_flip)
-    metrics = evaluate_and_report(predict_fn, run.data.splits["test"], run.data.classes, run.data.prep.channels,
-                                  Path(run.dir) / "eval", title=f"{run.cfg.model} on {run.cfg.dataset} (test split)",
-                                  source=str(best), history=run.state.history, progress=run.cfg.progress)
-    cm = np.asarray(metrics["confusion_matrix"])
-    print(f"test accuracy {metrics['accuracy']:.2%} on {metrics['n_samples']} images; report: {Path(run.dir) / 'eval' / 'report.md'}")
-    return {"test_accuracy": metrics["accuracy"], "_confusion_figure": confusion_matrix_figure(cm, run.data.classes)}

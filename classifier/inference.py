@@ -89,6 +89,13 @@ def pixels_in_channels(group: torch.Tensor, channels: int) -> torch.Tensor:
     return convert_channels(group.float(), channels).round().clamp(0, 255).to(torch.uint8)
 
 
+def flip_averaged(forward, x):
+    """The toolkit's one test-time-flip rule: the mean of the logits of the images and of their mirror
+    images (flipped along the width). ``x``: NCHW numpy array or tensor; ``forward``: x -> logits."""
+    mirrored = torch.flip(x, dims=[-1]) if torch.is_tensor(x) else np.ascontiguousarray(x[..., ::-1])
+    return (forward(x) + forward(mirrored)) / 2
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -126,22 +133,24 @@ class Predictor:
     def _from_checkpoint(cls, path: Path) -> "Predictor":
         ckpt = load_checkpoint(path)
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
-        predictor = cls.from_model(model_from_checkpoint(ckpt), prep, ckpt["classes"], source=str(path))
+        predictor = cls.from_model(model_from_checkpoint(ckpt), prep, ckpt["classes"], source=str(path),
+                                   tta_flip=bool((ckpt.get("config") or {}).get("tta_flip")))
         predictor.metadata = {"model_name": ckpt["model_name"], "dataset": ckpt.get("dataset"),
-                              "config": ckpt.get("config")}
-        predictor.tta_flip = bool((ckpt.get("config") or {}).get("tta_flip"))
+                              "config": ckpt.get("config"), "epoch": ckpt.get("epoch")}
         return predictor
 
     @classmethod
-    def from_model(cls, model, prep: Preprocessing, classes: list[str], *, source: str = "model") -> "Predictor":
-        """A predictor around a PyTorch model already in memory (CPU, put in eval mode)."""
+    def from_model(cls, model, prep: Preprocessing, classes: list[str], *, source: str = "model",
+                   tta_flip: bool = False) -> "Predictor":
+        """A predictor around a PyTorch model already in memory (put in eval mode; fp32, on its device)."""
         model.eval()
+        device = next(model.parameters()).device
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return model(torch.from_numpy(x)).float().numpy()
+                return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
 
-        return cls(run, prep, classes, source=source, backend="torch")
+        return cls(run, prep, classes, source=source, backend="torch", tta_flip=tta_flip)
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None) -> "Predictor":
@@ -193,10 +202,8 @@ class Predictor:
             raise ClassifierError(f"{self.source} expects input of shape (N, {shown}) (channels, height, width), "
                                   f"got {tuple(x.shape)}")
         try:
-            out = self._run(np.ascontiguousarray(x))
-            if self.tta_flip:
-                out = (out + self._run(np.ascontiguousarray(x[..., ::-1]))) / 2
-            return out
+            x = np.ascontiguousarray(x)
+            return flip_averaged(self._run, x) if self.tta_flip else self._run(x)
         except ClassifierError:
             raise
         except Exception as err:  # noqa: BLE001 - ORT shape errors on dynamic graphs

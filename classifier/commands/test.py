@@ -4,10 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
+from classifier import api
 from classifier.commands import cli_entry
-from classifier.errors import ClassifierError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,67 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def collect_images(inputs) -> list[str]:
-    from classifier.data import is_image_file
-
-    files = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(str(f) for f in path.rglob("*") if f.is_file() and is_image_file(f))
-        elif path.is_file():
-            files.append(str(path))
-        else:
-            raise ClassifierError(f"no such image or folder: {item}")
-    if not files:
-        raise ClassifierError("no images found in " + ", ".join(map(str, inputs)))
-    return files
-
-
-def classify(predictor, files: list[str], batch_size: int):
-    """Probabilities for readable files; unreadable ones are returned separately with their reason."""
-    from classifier.data import BadImageError, load_image
-
-    probs, kept, skipped, shown = [], [], [], []
-    for start in range(0, len(files), batch_size):
-        images = []
-        for f in files[start:start + batch_size]:
-            try:
-                images.append(load_image(f, predictor.prep.channels))
-                kept.append(f)
-            except BadImageError as err:
-                skipped.append((f, str(err)))
-        if images:
-            probs.append(predictor.predict(images))
-            shown += images[: max(0, 48 - len(shown))]
-    return (np.concatenate(probs) if probs else np.zeros((0, len(predictor.classes)))), kept, skipped, shown
-
-
 @cli_entry
 def main(argv=None):
-    from classifier.evaluation import images_to_uint8_batch
-    from classifier.inference import Predictor
-    from classifier.report.plots import plot_predictions_grid
-    from classifier.report.writer import prediction_rows, write_predictions_csv
-
     args = build_parser().parse_args(argv)
-    predictor = Predictor.load(args.checkpoint)
-    files = collect_images(args.images)
-    probs, kept, skipped, shown = classify(predictor, files, args.batch_size)
-    rows = prediction_rows(kept, probs, predictor.classes, k=args.topk)
+    model = api.load(args.checkpoint)
+    preds = model.predict(args.images, topk=args.topk, batch_size=args.batch_size)
     if not args.quiet:
-        for row in rows:
-            print(f"{row['file']}: " + ", ".join(
-                f"{c} {float(p):.1%}" for c, p in (kv.split(":") for kv in row["topk"].split(";"))))
-    for f, reason in skipped:
-        print(f"skipped {f}: {reason}")
+        for p in preds:
+            print(f"{p.path}: " + ", ".join(f"{label} {prob:.1%}" for label, prob in p.topk))
     out = Path(args.output) if args.output else Path(args.checkpoint).parent / "predict"
-    write_predictions_csv(out / "predictions.csv", rows)
-    if shown:
-        side = max(max(im.shape[:2]) for im in shown)
-        pred = probs[: len(shown)].argmax(1)
-        plot_predictions_grid(out / "predictions.png", images_to_uint8_batch(shown, min(side, 128)), pred,
-                              probs[np.arange(len(shown)), pred], predictor.classes)
-    print(f"{len(kept)} images classified" + (f", {len(skipped)} skipped" if skipped else "")
+    preds.save(out, topk=args.topk)
+    shown = (out / "predictions.png").is_file()
+    print(f"{len(preds)} images classified" + (f", {len(preds.skipped)} skipped" if preds.skipped else "")
           + f"; wrote {out / 'predictions.csv'}" + (f" and {out / 'predictions.png'}" if shown else ""))
-    return rows
+    return preds

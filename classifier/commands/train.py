@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from classifier import api
 from classifier.commands import cli_entry
-from classifier.config import add_config_arguments, resolve_config
+from classifier.config import add_config_arguments, given_values, make_config
+from classifier.models import list_models, model_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_models_text(pattern: str) -> str:
-    from classifier.models import list_models, model_entry
-
     lines = []
     for name in list_models(pattern):
         e = model_entry(name)
@@ -44,51 +44,17 @@ def list_models_text(pattern: str) -> str:
     return "\n".join(lines)
 
 
-def visualize(cfg, save: str | None, per_class: int = 8):
-    """Dataset viewer: the first ``per_class`` training images of every class, one row per class."""
-    import numpy as np
-
-    from classifier.data import load_dataset
-    from classifier.evaluation import images_to_uint8_batch, iter_image_batches
-    from classifier.report.plots import plot_dataset_grid
-
-    info, official = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
-    samples = official["train"]
-    labels = np.asarray(samples.labels)
-    picked = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(info.classes))])
-    images, shown_labels, skipped = [], [], []
-    for _, batch, batch_labels in iter_image_batches(samples.subset(picked), info.channels, 256, skipped):
-        images += batch
-        shown_labels += list(batch_labels)
-    side = min(max(max(im.shape[:2]) for im in images), 96)
-    path = save or f"{cfg.dataset.split(':')[-1].strip('/').replace('/', '_')}-samples.png"
-    plot_dataset_grid(path, images_to_uint8_batch(images, side), np.array(shown_labels), info.classes, per_class)
-    print(f"{len(info.classes)} classes, {len(samples)} training images; sample grid written to {path}")
-    return path
-
-
-def check_data(cfg, path: str | None) -> dict:
-    """The dataset check on the splits training would use (same fractions and seed)."""
-    from classifier.data import load_dataset, split_dataset
-    from classifier.data.check import run_check
-
-    info, official = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
-    splits, _ = split_dataset(info, official, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                              seed=cfg.seed)
-    return run_check(info.classes, splits, path)
-
-
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.list_models:
         print(list_models_text(args.list_models))
         return None
-    cfg = resolve_config(args)
-    if args.visualize:
-        return visualize(cfg, args.save)
-    if args.check_data is not None:
-        return check_data(cfg, args.check_data or None)
-    from classifier.engine.trainer import fit
-
-    return fit(cfg, resume=args.resume)
+    given = given_values(args)
+    if args.visualize or args.check_data is not None:
+        settings = {k: v for k, v in make_config(given).to_dict().items() if k in given or k == "dataset"}
+        dataset = settings.pop("dataset")
+        if args.visualize:
+            return api.show_dataset(dataset, save=args.save, **settings)
+        return api.check_data(dataset, output=args.check_data or None, **settings)
+    return api.train(resume=args.resume, **given).dir

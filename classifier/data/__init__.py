@@ -10,11 +10,13 @@ from classifier.data.augment import PRESETS, Preset, augment_batch, build_pipeli
 from classifier.data.datasets import DatasetInfo, Samples, load_dataset, parse_spec
 from classifier.data.images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
 from classifier.data.loaders import InMemoryLoader, Loader, StreamingLoader, build_loader
-from classifier.data.splits import load_split, samples_from_record, save_split, split_dataset
+from classifier.data.splits import (RunSplits, cap_per_class, load_split, run_splits, samples_from_record, save_split,
+                                    select_classes, split_dataset)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "PRESETS", "BadImageError", "DatasetInfo", "InMemoryLoader", "Loader", "Preset",
     "Samples", "StreamingLoader", "augment_batch", "build_loader", "build_pipeline", "default_augment",
     "is_image_file", "load_dataset", "load_image", "load_split", "parse_spec", "resolve_augment",
-    "samples_from_record", "save_split", "split_dataset",
+    "samples_from_record", "save_split", "split_dataset", "RunSplits", "run_splits", "select_classes",
+    "cap_per_class",
 ]

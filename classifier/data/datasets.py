@@ -24,6 +24,7 @@ from classifier.preprocess import LUMA, Preprocessing
 
 DATASETS = ("fashion_mnist", "cifar10", "eurosat")
 SPEC_CHOICES = (*DATASETS, "folder:PATH")
+ARRAYS_PREFIX = "arrays:"  # a run trained on in-memory arrays (classifier.data.arrays) records this spec
 
 # --- official sources --------------------------------------------------------------------------
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -153,10 +154,18 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         if not path:
             raise ClassifierError("dataset 'folder:' needs a path, e.g. folder:data/flowers")
         return "folder", path
+    if spec.startswith(ARRAYS_PREFIX):
+        raise arrays_needed(spec)
     name = spec.lower().replace("-", "_")
     if name not in DATASETS:
         raise unknown_choice("dataset", spec, SPEC_CHOICES)
     return name, None
+
+
+def arrays_needed(spec: str) -> ClassifierError:
+    """The error for a command that needs the data of an array run it was not given."""
+    return ClassifierError(f"this run was trained on in-memory arrays ({spec}), which a run folder cannot point "
+                           "at: pass the same arrays again (dataset=(images, labels) in the Python API)")
 
 
 def load_dataset(spec: str, root: str | os.PathLike = "datasets", *, download: bool = True):
@@ -419,6 +428,36 @@ def load_folder(path: str | os.PathLike):
         samples.source = split
     channels, size, mean, std = folder_stats(splits["train"].paths)
     return DatasetInfo(f"folder:{path}", classes, channels, size, mean, std), splits
+
+
+def labelled_folder(folder: str, model_classes: list[str]) -> Samples:
+    """A new folder's images labelled by class *name* for a model's classes: unknown classes get -1
+    (predicted and listed, not counted in accuracy) and are named on the console, as are missing ones."""
+    base = Path(folder)
+    if not base.is_dir():
+        raise ClassifierError(f"evaluation folder '{folder}' does not exist")
+    dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, labels = [], []
+    for d in dirs:
+        files = _image_files(d)
+        label = model_classes.index(d.name) if d.name in model_classes else -1
+        paths += files
+        labels += [label] * len(files)
+    names = [d.name for d in dirs]
+    unknown = [n for n in names if n not in model_classes]
+    missing = [c for c in model_classes if c not in names]
+    if not paths:
+        raise ClassifierError(f"no images in class sub-folders of '{folder}'")
+    if len(unknown) == len(names):
+        raise ClassifierError(f"'{folder}' shares no class with the model (folder: {', '.join(names[:8])}; "
+                              f"model: {', '.join(model_classes[:8])})")
+    if unknown:
+        n = sum(1 for label in labels if label < 0)
+        print(f"classes the model does not know (their {n} images are predicted and listed in predictions.csv, "
+              f"not counted in accuracy): {', '.join(unknown)}")
+    if missing:
+        print(f"model classes with no folder here: {', '.join(missing)}")
+    return Samples(labels=np.array(labels), paths=paths, root=str(base))
 
 
 def scan_class_folders(folder: Path, classes: list[str] | None = None, root: Path | None = None):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,11 @@ def samples_from_record(spec: str | None, root: str | os.PathLike, record: dict,
                         *, download: bool = True) -> tuple[DatasetInfo, Samples]:
     """Reload one recorded split (e.g. the test set of a training run). ``spec=None``: the recorded one."""
     info, official = load_dataset(spec or record["dataset"], root, download=download)
+    return info, recorded_samples(info, official, record, split_name)
+
+
+def recorded_samples(info: DatasetInfo, official: dict[str, Samples], record: dict, split_name: str) -> Samples:
+    """The samples of one split of ``record`` out of the dataset's official splits, checked against it."""
     if list(record.get("classes", info.classes)) != list(info.classes):
         raise ClassifierError(f"dataset {info.name} has classes {info.classes}, the split record "
                               f"{record.get('classes')}")
@@ -166,7 +172,84 @@ def samples_from_record(spec: str | None, root: str | os.PathLike, record: dict,
         raise ClassifierError(f"the labels of the recorded {split_name} split differ from {info.name} now "
                               f"(class counts {counts} vs {entry['class_counts']}): "
                               "a different version of the dataset?")
-    return info, samples
+    return samples
+
+
+def select_classes(info: DatasetInfo, splits: dict, wanted) -> tuple[list, dict]:
+    """Keep only the ``wanted`` classes (names or indices), relabelled 0..k-1 in the given order."""
+    if not wanted:
+        return list(info.classes), splits
+    index = []
+    for w in wanted:
+        if isinstance(w, int) or (isinstance(w, str) and w.isdigit()):
+            i = int(w)
+        elif w in info.classes:
+            i = info.classes.index(w)
+        else:
+            raise ClassifierError(f"class '{w}' not in dataset {info.name} (classes: {', '.join(info.classes)})")
+        if not 0 <= i < len(info.classes):
+            raise ClassifierError(f"class index {i} out of range 0..{len(info.classes) - 1}")
+        index.append(i)
+    remap = np.full(len(info.classes), -1, dtype=np.int64)
+    remap[index] = np.arange(len(index))
+    out = {}
+    for name, samples in splits.items():
+        sub = samples.subset(np.flatnonzero(np.isin(samples.labels, index)))
+        sub.labels = remap[sub.labels]
+        out[name] = sub
+    return [info.classes[i] for i in index], out
+
+
+def cap_per_class(samples: Samples, max_per_class: int, seed: int) -> Samples:
+    """At most ``max_per_class`` samples per class, chosen by a seeded shuffle (0: all)."""
+    if not max_per_class:
+        return samples
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(samples.labels == c))[:max_per_class] for c in np.unique(samples.labels)]
+    return samples.subset(np.sort(np.concatenate(keep)))
+
+
+@dataclass
+class RunSplits:
+    """A run's samples per split (after its class selection), its classes, the split record, and a note
+    saying where the splits came from (or why there are none)."""
+
+    info: DatasetInfo | None
+    classes: list[str]
+    splits: dict[str, Samples]
+    record: dict | None
+    note: str
+
+    def get(self, *names: str) -> Samples | None:
+        """The first of ``names`` that this run has (and that holds samples)."""
+        return next((self.splits[n] for n in names if n in self.splits and len(self.splits[n])), None)
+
+
+def run_splits(config: dict, *, split_file: str | os.PathLike | None = None, data_dir: str | None = None,
+               dataset=None, download: bool = True) -> RunSplits:
+    """The one way a run's train/val/test samples are (re)built, for training, evaluation and export.
+
+    ``config``: the run's config (a dict: dataset, data_dir, fractions, seed, classes). With a
+    ``split_file`` that exists, the recorded split is reloaded exactly (missing files or changed labels are
+    an error); otherwise the dataset is split with the run's fractions and seed. ``dataset``: another
+    spec, or ``(DatasetInfo, official splits)`` already loaded (in-memory arrays), split the same way.
+    """
+    root = data_dir or config.get("data_dir") or "datasets"
+    if isinstance(dataset, tuple):
+        info, official = dataset
+    else:
+        info, official = load_dataset(dataset or config["dataset"], root, download=download)
+    split_file = Path(split_file) if split_file else None
+    if split_file is not None and split_file.exists() and not isinstance(dataset, str):
+        record = load_split(split_file)
+        splits = {name: recorded_samples(info, official, record, name) for name in record.get("splits", {})}
+        note = f"the split recorded in {split_file}"
+    else:
+        splits, record = split_dataset(info, official, val_fraction=config.get("val_fraction", 0.1),
+                                       test_fraction=config.get("test_fraction", 0.2), seed=config.get("seed", 0))
+        note = f"{info.name} split with the run's fractions and seed"
+    classes, splits = select_classes(info, splits, config.get("classes"))
+    return RunSplits(info, classes, splits, record, note)
 
 
 def _seed_key(seed: int) -> int:

@@ -1,13 +1,34 @@
-"""Named training events and the loggers that listen to them (console, CSV history, TensorBoard).
+"""Named training events, and what listens to them by default: the run header, console, CSV history,
+TensorBoard, and the end-of-run evaluation of best.pt on the test split.
 
-Integrations plug in here instead of inside the loop: ``callbacks.add("on_epoch_end", fn)``.
-Events: on_train_start(run), on_epoch_end(run, row), on_train_end(run, summary).
+Integrations plug in here instead of inside the loop: ``classifier.train(..., callbacks={"on_epoch_end":
+[fn]})``. Events (``run`` is the engine's Run: cfg, dir, state, raw_model, ...):
+
+- ``on_train_start(run)``: before the first epoch (after the header is printed);
+- ``on_epoch_end(run, row)``: after each epoch's checkpoints are saved; ``row`` is the epoch's history
+  record (epoch, train_loss, train_acc, val_loss, val_acc, lr, epoch_time_s, images_per_s, is_best);
+- ``on_train_end(run, summary)``: after training; ``summary`` is what summary.json will hold (add to it).
+
+Any callback may call ``run.stop(reason)``: training ends after the current epoch and finishes normally.
 """
 from __future__ import annotations
 
 import csv
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch.utils.tensorboard import SummaryWriter
+
+from classifier.config import save_yaml
+from classifier.evaluation import evaluate_and_report
+from classifier.inference import Predictor
+from classifier.models import model_summary
+from classifier.report.plots import confusion_matrix_figure, plot_learning_curves
+
+EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 
@@ -17,6 +38,11 @@ class Callbacks:
         self.handlers = defaultdict(list)
 
     def add(self, event: str, fn) -> None:
+        if event not in EVENTS:
+            from classifier.errors import unknown_choice  # noqa: PLC0415 - keeps the import list short
+            raise unknown_choice("callback event", event, EVENTS)
+        if not callable(fn):
+            raise TypeError(f"callback for {event} must be callable, got {type(fn).__name__}")
         self.handlers[event].append(fn)
 
     def fire(self, event: str, *args, **kwargs) -> None:
@@ -43,8 +69,6 @@ def write_history(run, row: dict) -> None:
 
 class TensorBoardLogger:
     def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
         self.writer = SummaryWriter(str(log_dir))
 
     def on_epoch_end(self, run, row: dict) -> None:
@@ -65,15 +89,77 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def default_callbacks(run) -> Callbacks:
-    """Loggers for the main process; other ranks get none (they never write)."""
-    callbacks = Callbacks()
-    if not run.dist.is_main:
-        return callbacks
-    callbacks.add("on_epoch_end", print_epoch)
-    callbacks.add("on_epoch_end", write_history)
-    if run.cfg.tensorboard:
-        tb = TensorBoardLogger(Path(run.dir) / "tensorboard")
-        callbacks.add("on_epoch_end", tb.on_epoch_end)
-        callbacks.add("on_train_end", tb.on_train_end)
-    return callbacks
+def write_run_header(run) -> None:
+    """Print and save what is about to be trained: config, given settings, data, model summary."""
+    cfg, data, prep = run.cfg, run.data, run.data.prep
+    save_yaml(cfg, Path(run.dir) / "config.yaml")
+    save_given(run.given, Path(run.dir) / "given.yaml")
+    summary = model_summary(run.raw_model, (prep.channels, *prep.size))
+    (Path(run.dir) / "model_summary.txt").write_text(summary + "\n")
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+    print(("resuming" if run.resumed else "training") + f" {cfg.model} ({cfg.mode}) on {cfg.dataset}: "
+          f"{len(data.classes)} classes, {sizes}; input {prep.channels}x{prep.size[0]}x{prep.size[1]}; "
+          f"device {run.device}" + (" bf16" if run.amp_dtype == torch.bfloat16 else ""))
+    if run.dist.enabled:
+        n = run.dist.world_size
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in run.raw_model.modules())
+        print(f"distributed: {n} processes ({tdist.get_backend()}); global batch {cfg.batch_size} = {n} x "
+              f"{cfg.batch_size // n} per process; learning rate {cfg.peak_lr:g} is for "
+              f"the global batch, unchanged by the process count"
+              + ("; SyncBatchNorm" if cfg.sync_bn else "; BatchNorm statistics per process" if has_bn else ""))
+    if run.load_note:
+        print(f"weights: {run.load_note}")
+    if not run.resumed:
+        print(summary)
+    print(f"run folder: {run.dir}", flush=True)
+
+
+def save_given(given: dict, path: Path) -> None:
+    import yaml  # noqa: PLC0415 - only here
+
+    text = yaml.safe_dump(given, sort_keys=True) if given else "{}\n"
+    path.write_text("# the settings given for this run (flags, config file, recipe, API arguments); every other\n"
+                    "# value in config.yaml is a default. A resume keeps these and never lets a default override them.\n"
+                    + text)
+
+
+def plot_curves(run, summary: dict) -> None:
+    if run.state.history:
+        plot_learning_curves(Path(run.dir) / "curves.png", run.state.history)
+
+
+def evaluate_test_split(run, summary: dict) -> None:
+    """End of training: best.pt on the run's test split, report in runs/NAME/eval/ (in fp32 even when
+    training used autocast: the figure the run reports is the one eval.py and the ONNX export reproduce)."""
+    test = run.data.splits.get("test")
+    if not run.cfg.eval_test or test is None or not len(test):
+        return
+    best = Path(run.dir) / "best.pt"
+    predictor = Predictor.load(best) if best.exists() else Predictor.from_model(
+        run.raw_model, run.data.prep, run.data.classes, tta_flip=run.cfg.tta_flip)
+    metrics = evaluate_and_report(predictor, test, Path(run.dir) / "eval",
+                                  title=f"{run.cfg.model} on {run.cfg.dataset} (test split)", source=str(best),
+                                  history=run.state.history, progress=run.cfg.progress)
+    print(f"test accuracy {metrics['accuracy']:.2%} on {metrics['n_samples']} images; "
+          f"report: {Path(run.dir) / 'eval' / 'report.md'}")
+    summary["test_accuracy"] = metrics["accuracy"]
+    summary["_confusion_figure"] = confusion_matrix_figure(np.asarray(metrics["confusion_matrix"]), run.data.classes)
+
+
+def add_default_callbacks(run) -> None:
+    """Put the default listeners before the user's (main process only: other ranks never write)."""
+    user = run.callbacks.handlers
+    run.callbacks = Callbacks()
+    if run.dist.is_main:
+        run.callbacks.add("on_train_start", write_run_header)
+        run.callbacks.add("on_epoch_end", print_epoch)
+        run.callbacks.add("on_epoch_end", write_history)
+        run.callbacks.add("on_train_end", plot_curves)
+        run.callbacks.add("on_train_end", evaluate_test_split)
+        if run.cfg.tensorboard:
+            tb = TensorBoardLogger(Path(run.dir) / "tensorboard")
+            run.callbacks.add("on_epoch_end", tb.on_epoch_end)
+            run.callbacks.add("on_train_end", tb.on_train_end)
+    for event, fns in user.items():
+        for fn in fns:
+            run.callbacks.add(event, fn)

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from classifier.engine.runtime import all_reduce_sum, autocast
 from classifier.errors import ClassifierError
+from classifier.inference import flip_averaged
 
 
 @dataclass
@@ -105,10 +106,8 @@ def train_one_epoch(model, loader, ctx: StepContext, *, step: int, start_batch: 
 
 def eval_logits(model, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
     """float32 logits; with ``tta_flip`` the mean of the logits of the images and of their mirror images."""
-    logits = model(x).float()
-    if tta_flip:
-        logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
-    return logits
+    forward = lambda images: model(images).float()  # noqa: E731
+    return flip_averaged(forward, x) if tta_flip else forward(x)
 
 
 @torch.inference_mode()

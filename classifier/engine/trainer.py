@@ -1,142 +1,109 @@
-"""``fit(cfg)``: set up a run, train with checkpoints, resume, and write the run's reports.
+"""Training a built run: the epochs, checkpoints, Ctrl-C, and the run's end.
 
-A run folder ``runs/NAME/`` holds: config.yaml, model_summary.txt, split.json, history.csv,
-tensorboard/, best.pt (lowest validation loss), last.pt (newest state, also mid-epoch), curves.png,
-data_check.json (folder datasets: classes, modes, sizes, unreadable files, duplicates),
-eval/ (test-split report), summary.json.
+``fit(cfg)`` = ``build_run`` (engine/build.py) + ``train``. A run folder ``runs/NAME/`` holds:
+config.yaml (every setting, resolved), given.yaml (the settings the user gave), model_summary.txt,
+split.json, history.csv, tensorboard/, best.pt (lowest validation loss), last.pt (newest state, also
+mid-epoch), curves.png, data_check.json (folder datasets), eval/ (test-split report), summary.json.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import time
-from dataclasses import dataclass, field
+import signal
+import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from classifier.checkpoint import load_checkpoint, save_checkpoint
-from classifier.config import Config, make_config, save_yaml
+from classifier.checkpoint import save_checkpoint
+from classifier.config import Config
 from classifier.engine import runtime
-from classifier.engine.callbacks import default_callbacks
+from classifier.engine.build import Run, build_run
+from classifier.engine.callbacks import add_default_callbacks
 from classifier.engine.loop import EpochSums, StepContext, evaluate, train_one_epoch
-from classifier.engine.optim import build_optimizer, lr_factor, set_lr
+from classifier.engine.optim import lr_factor, set_lr
 from classifier.errors import ClassifierError
+from classifier.models import freeze_backbone, unfreeze_backbone
+from classifier.data.loaders import inverse_class_frequency
 
 
-@dataclass
-class TrainState:
-    """Counters saved in every checkpoint; everything else is rebuilt from the config."""
+def fit(cfg: Config, *, given: dict | None = None, resume: str | Path | None = None, arrays=None,
+        callbacks: dict | None = None) -> Run:
+    """Build the run (or continue the one in ``resume``), train it, write its reports; returns the Run.
 
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimiser steps taken
-    batch_in_epoch: int = 0  # batches done in the unfinished epoch (mid-epoch checkpoints)
-    epoch_sums: dict = field(default_factory=dict)
-    best_val_loss: float = float("inf")
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    train_time_s: float = 0.0
-    history: list = field(default_factory=list)
-
-
-@dataclass
-class Run:
-    cfg: Config
-    dir: Path
-    dist: runtime.Dist
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    data: object  # classifier.engine.setup.RunData
-    model: torch.nn.Module  # the model as trained (maybe DDP-wrapped / compiled)
-    raw_model: torch.nn.Module  # the plain Classifier, whose state dict is saved
-    optimizer: torch.optim.Optimizer
-    state: TrainState
-    callbacks: object = None
-
-
-def fit(cfg: Config, *, resume: str | Path | None = None, callbacks: dict | None = None) -> Path:
-    """Train as configured (or continue the run in ``resume``); returns the run folder.
-
-    ``callbacks``: extra {event: [fn, ...]} added to the default loggers (see engine/callbacks.py).
     Under torchrun, workers restarted after a failure (--max-restarts) continue the first attempt's run
     folder from its last.pt (or start it afresh when no epoch was saved yet).
     """
-    from classifier.engine import setup
+    run = build_run(cfg, given=given, resume=resume, arrays=arrays, callbacks=callbacks)
+    try:
+        train(run)
+    finally:
+        runtime.barrier()
+        runtime.shutdown_distributed()
+    return run
 
-    dist_info = runtime.init_distributed(cfg.device)
-    ckpt = None
-    restarts = 0 if resume else runtime.elastic_restart_count()
-    if resume:
-        ckpt, cfg = _resume_checkpoint(Path(resume), cfg)
-        run_dir = Path(resume)
-    else:
-        run_dir = setup.make_run_dir(cfg, dist_info, latest=restarts > 0)
-        if restarts and (run_dir / "last.pt").is_file():
-            ckpt, cfg = _resume_checkpoint(run_dir, cfg)
-            if dist_info.is_main:
-                print(f"torchrun restart {restarts}: resuming {run_dir} from last.pt (epoch {ckpt['epoch']}, "
-                      f"step {ckpt['step']})", flush=True)
-    device = runtime.select_device(cfg.device)
-    if device.type == "cuda" and dist_info.enabled:
-        device = torch.device("cuda", dist_info.local_rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    runtime.seed_everything(cfg.seed)
 
-    data = setup.prepare_data(cfg, run_dir, dist_info, resumed=ckpt is not None)
-    raw_model, load_note = setup.prepare_model(cfg, data, pretrained_ok=ckpt is None)
-    optimizer = build_optimizer(setup.optimizer_groups(raw_model, cfg), cfg)
-    state = TrainState()
-    if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = TrainState(**ckpt["state"])
-        runtime.set_rng_state(ckpt["rng"])
-    raw_model.to(device)
-    if cfg.channels_last:
-        raw_model.to(memory_format=torch.channels_last)
-    _move_optimizer_state(optimizer, device)
-    model = setup.wrap_model(raw_model, cfg, dist_info, device)
-    run = Run(cfg, run_dir, dist_info, device, runtime.amp_dtype(cfg.amp, device), data, model, raw_model,
-              optimizer, state)
-    run.callbacks = default_callbacks(run)
-    for event, fns in (callbacks or {}).items():
-        for fn in fns:
-            run.callbacks.add(event, fn)
+def train(run: Run) -> dict:
+    """Train a built run to its configured epochs; returns the summary (also written to summary.json).
 
-    if dist_info.is_main:
-        setup.write_run_header(run, load_note, resumed=ckpt is not None)
+    Events fired (engine/callbacks.py): on_train_start(run), on_epoch_end(run, row), on_train_end(run,
+    summary). A callback may call ``run.stop()``: training ends after that epoch and finishes normally.
+    Ctrl-C saves the unfinished epoch in last.pt and prints the command that resumes it.
+    """
+    add_default_callbacks(run)
     run.callbacks.fire("on_train_start", run)
-    _train_epochs(run)
-    summary = finish(run)
-    run.callbacks.fire("on_train_end", run, summary)
-    runtime.barrier()
-    runtime.shutdown_distributed()
-    return run_dir
+    with _interrupt_saves_progress(run):
+        _train_epochs(run)
+    return finish(run)
 
 
-def _resume_checkpoint(run_dir: Path, cli_cfg: Config) -> tuple[dict, Config]:
-    path = run_dir / "last.pt"
-    if not path.is_file():
-        raise ClassifierError(f"cannot resume: {path} not found")
-    ckpt = load_checkpoint(path)
-    values = dict(ckpt["config"])
-    # the run's own config wins, except for what may change on a resume: a longer run, the hardware
-    for key in ("epochs", "device", "threads", "progress", "workers", "save_every", "early_stopping"):
-        if getattr(cli_cfg, key) != getattr(Config(), key):
-            values[key] = getattr(cli_cfg, key)
-    return ckpt, make_config(values)
+class _interrupt_saves_progress:
+    """SIGINT sets a flag that the loop checks after each optimiser step: the step finishes, last.pt gets
+    the unfinished epoch, and KeyboardInterrupt follows. A second Ctrl-C interrupts at once."""
+
+    def __init__(self, run: Run):
+        self.run, self.previous = run, None
+        self.requested = False
+        self.progress = None  # (step, batches done in the epoch, EpochSums) after the newest step
+
+    def __enter__(self):
+        self.run.interrupt = self
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def __exit__(self, kind, error, tb):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if kind is not None and self.requested and not isinstance(error, KeyboardInterrupt):
+            self.save_and_stop()  # e.g. a data-loading worker that died of the same Ctrl-C
+        return False
+
+    def check(self, step: int, batch_done: int, sums: EpochSums) -> None:
+        self.progress = (step, batch_done, sums)
+        if self.requested:
+            self.save_and_stop()
+
+    def save_and_stop(self):
+        run = self.run
+        if self.progress is not None and run.state.step < self.progress[0]:
+            _save_progress(run, *self.progress)
+        if run.dist.is_main:
+            print(f"\ninterrupted: {run.dir / 'last.pt'} holds epoch {run.state.epoch + 1}, batch "
+                  f"{run.state.batch_in_epoch} (step {run.state.step}); resume with:\n"
+                  f"  python train.py --resume {run.dir}", flush=True)
+        raise KeyboardInterrupt
 
 
-def _move_optimizer_state(optimizer, device) -> None:
-    for per_param in optimizer.state.values():
-        for k, v in per_param.items():
-            if torch.is_tensor(v) and k != "step":
-                per_param[k] = v.to(device)
+def _save_progress(run: Run, step: int, batch_done: int, sums: EpochSums) -> None:
+    """A mid-epoch last.pt: the counters and running sums of the unfinished epoch."""
+    run.state.step, run.state.batch_in_epoch, run.state.epoch_sums = step, batch_done, dataclasses.asdict(sums)
+    save_training_checkpoint(run, "last.pt")
 
 
 def _train_epochs(run: Run) -> None:
@@ -152,8 +119,8 @@ def _train_epochs(run: Run) -> None:
 
     def on_step(step, batch_done, sums):
         if cfg.save_every and step % cfg.save_every == 0 and batch_done < steps_per_epoch:
-            state.step, state.batch_in_epoch, state.epoch_sums = step, batch_done, dataclasses.asdict(sums)
-            save_training_checkpoint(run, "last.pt")
+            _save_progress(run, step, batch_done, sums)
+        run.interrupt.check(step, batch_done, sums)
 
     ctx = StepContext(run.optimizer, run.device, run.amp_dtype, cfg.label_smoothing, cfg.grad_clip,
                       cfg.channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main,
@@ -173,22 +140,20 @@ def _train_epochs(run: Run) -> None:
                        channels_last=cfg.channels_last, tta_flip=cfg.tta_flip)
         if _end_epoch(run, epoch, sums, val):
             break
+        if run.interrupt.requested:
+            run.interrupt.save_and_stop()
 
 
 def _class_weights(run: Run) -> torch.Tensor | None:
     """``--class-weights auto``: loss weights from the inverse class frequencies of the training samples."""
     if run.cfg.class_weights != "auto":
         return None
-    from classifier.data.loaders import inverse_class_frequency
-
     weights = inverse_class_frequency(run.data.loaders["train"].samples.labels, len(run.data.classes))
     return torch.tensor(weights, dtype=torch.float32, device=run.device)
 
 
 def _set_finetune_phase(run: Run, epoch: int) -> None:
     """Fine-tuning with head warm-up: backbone frozen for the first epochs, then trained."""
-    from classifier.models import freeze_backbone, unfreeze_backbone
-
     if run.cfg.mode != "finetune" or not run.cfg.head_warmup_epochs:
         return
     if epoch < run.cfg.head_warmup_epochs:
@@ -224,10 +189,10 @@ def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict) -> bool:
     save_training_checkpoint(run, "last.pt")
     run.callbacks.fire("on_epoch_end", run, {**row, "is_best": is_best})
     if cfg.early_stopping and state.bad_epochs >= cfg.early_stopping:
-        if run.dist.is_main:
-            print(f"early stopping: no lower validation loss for {state.bad_epochs} epochs")
-        return True
-    return False
+        run.stop(f"early stopping: no lower validation loss for {state.bad_epochs} epochs")
+    if run.stop_reason and run.dist.is_main:
+        print(run.stop_reason, flush=True)
+    return run.stop_reason is not None
 
 
 def checkpoint_payload(run: Run, *, with_optimizer: bool = True) -> dict:
@@ -238,6 +203,7 @@ def checkpoint_payload(run: Run, *, with_optimizer: bool = True) -> dict:
         "num_classes": model.num_classes,
         "in_chans": model.in_chans,
         "classes": list(run.data.classes),
+        "given": run.given,
         "preprocessing": run.data.prep.to_dict(),
         "config": run.cfg.to_dict(),
         "dataset": run.cfg.dataset,
@@ -266,9 +232,7 @@ def save_training_checkpoint(run: Run, name: str, *, with_optimizer: bool = True
 
 
 def finish(run: Run) -> dict:
-    """After training: test-split evaluation of the best checkpoint, curves, summary.json (rank 0)."""
-    from classifier.engine import setup
-
+    """After training: on_train_end (end-of-run evaluation, curves, loggers), then summary.json (rank 0)."""
     summary = {
         "model": run.cfg.model, "mode": run.cfg.mode, "dataset": run.cfg.dataset,
         "params": sum(p.numel() for p in run.raw_model.parameters()),
@@ -279,11 +243,12 @@ def finish(run: Run) -> dict:
     }
     best = Path(run.dir) / "best.pt"
     summary["size_bytes"] = best.stat().st_size if best.exists() else None
+    run.callbacks.fire("on_train_end", run, summary)
+    summary = {k: v for k, v in summary.items() if not k.startswith("_")}
     if run.dist.is_main:
-        summary.update(setup.final_reports(run))
-        (Path(run.dir) / "summary.json").write_text(json.dumps(
-            {k: v for k, v in summary.items() if not k.startswith("_")}, indent=2))
+        (Path(run.dir) / "summary.json").write_text(json.dumps(summary, indent=2))
         acc = summary.get("test_accuracy")
         print(f"done: {run.state.epoch} epochs in {run.state.train_time_s / 60:.1f} min"
               + (f", test accuracy {acc:.2%}" if acc is not None else "") + f"; outputs in {run.dir}")
+    run.summary = summary
     return summary

@@ -1,0 +1,276 @@
+"""Building a run from its config, separate from training it: folder, data, model, optimiser.
+
+``build_run(cfg)`` returns a ``Run`` holding everything training needs; ``engine.trainer.train(run)``
+trains it. The API holds a built run (a learning-rate finder or a notebook can use its pieces without
+training it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
+
+from classifier.checkpoint import load_checkpoint
+from classifier.config import RESUMABLE_KEYS, Config, make_config
+from classifier.data import build_loader, cap_per_class, default_augment, run_splits, save_split
+from classifier.data.check import run_check
+from classifier.engine import runtime
+from classifier.engine.callbacks import Callbacks
+from classifier.engine.optim import build_optimizer
+from classifier.errors import ClassifierError
+from classifier.models import create_model, freeze_backbone, load_weights, model_entry, param_groups
+from classifier.preprocess import Preprocessing
+
+
+@dataclass
+class TrainState:
+    """Counters saved in every checkpoint; everything else is rebuilt from the config."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    batch_in_epoch: int = 0  # batches done in the unfinished epoch (mid-epoch checkpoints)
+    epoch_sums: dict = field(default_factory=dict)
+    best_val_loss: float = float("inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    train_time_s: float = 0.0
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class RunData:
+    info: object  # classifier.data.DatasetInfo (before any class selection)
+    classes: list  # the run's classes, after any selection
+    splits: dict  # split name -> Samples (train capped by max_per_class)
+    record: dict  # which sample went where (split.json)
+    prep: Preprocessing
+    loaders: dict  # "train", "val" -> Loader
+
+
+@dataclass
+class Run:
+    """A built run: its config, folder, data, model and optimiser, and the training state."""
+
+    cfg: Config
+    given: dict  # the settings the user gave (flags, YAML, recipe, API arguments), kept with the run
+    dir: Path
+    dist: runtime.Dist
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    data: RunData
+    model: torch.nn.Module  # the model as trained (maybe DDP-wrapped / compiled)
+    raw_model: torch.nn.Module  # the plain Classifier, whose state dict is saved
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    callbacks: Callbacks
+    resumed: bool = False
+    load_note: str | None = None  # which weights were loaded (pretrained / a checkpoint)
+    stop_reason: str | None = None  # set by ``stop()``: training ends after the current epoch
+    interrupt: object = None  # Ctrl-C handling while training (engine/trainer.py)
+    summary: dict | None = None  # summary.json's figures once trained
+
+    def stop(self, reason: str = "stopped by a callback") -> None:
+        """Ask training to end after the current epoch (callbacks call this); the run finishes normally."""
+        self.stop_reason = reason
+
+
+def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | None = None,
+              arrays=None, callbacks: dict | None = None) -> Run:
+    """Everything a run needs, built from its config (or from ``resume``: a run folder's last.pt).
+
+    ``arrays``: (DatasetInfo, official splits) of in-memory data (classifier.data.arrays), for runs whose
+    dataset is ``arrays:...``. ``callbacks``: {event: [fn, ...]} added after the default loggers.
+    """
+    given = dict(given or {})
+    dist = runtime.init_distributed(cfg.device)
+    ckpt = None
+    restarts = 0 if resume else runtime.elastic_restart_count()
+    if resume:
+        run_dir = Path(resume)
+        ckpt, cfg, given = resume_config(run_dir, given)
+    else:
+        run_dir = make_run_dir(cfg, dist, latest=restarts > 0)
+        if restarts and (run_dir / "last.pt").is_file():
+            ckpt, cfg, given = resume_config(run_dir, given)
+            if dist.is_main:
+                print(f"torchrun restart {restarts}: resuming {run_dir} from last.pt (epoch {ckpt['epoch']}, "
+                      f"step {ckpt['step']})", flush=True)
+    device = runtime.select_device(cfg.device)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    runtime.seed_everything(cfg.seed)
+
+    data = build_data(cfg, run_dir, dist, resumed=ckpt is not None, arrays=arrays)
+    raw_model, load_note = build_model(cfg, data, pretrained_ok=ckpt is None)
+    optimizer = build_optimizer(optimizer_groups(raw_model, cfg), cfg)
+    state = TrainState()
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = TrainState(**ckpt["state"])
+        runtime.set_rng_state(ckpt["rng"])
+    raw_model.to(device)
+    if cfg.channels_last:
+        raw_model.to(memory_format=torch.channels_last)
+    _move_optimizer_state(optimizer, device)
+    model = wrap_model(raw_model, cfg, dist, device)
+    run = Run(cfg, given, run_dir, dist, device, runtime.amp_dtype(cfg.amp, device), data, model, raw_model,
+              optimizer, state, Callbacks(), resumed=ckpt is not None, load_note=load_note)
+    for event, fns in (callbacks or {}).items():
+        for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
+            run.callbacks.add(event, fn)
+    return run
+
+
+def resume_config(run_dir: Path, given: dict) -> tuple[dict, Config, dict]:
+    """The checkpoint to continue, the run's config, and the settings given for the run so far.
+
+    The run's own config wins; settings given now may change what a resume may change (a longer run,
+    the hardware, ...) and must otherwise equal the run's: a flag given is never silently ignored.
+    """
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        raise ClassifierError(f"cannot resume: {path} not found")
+    ckpt = load_checkpoint(path)
+    values = dict(ckpt["config"])
+    for key, value in given.items():
+        if key in RESUMABLE_KEYS:
+            values[key] = value
+    cfg = make_config(values)
+    run_cfg, asked = make_config(dict(ckpt["config"])), make_config({**ckpt["config"], **given})
+    for key in given:
+        if key not in RESUMABLE_KEYS and getattr(asked, key) != getattr(run_cfg, key):
+            raise ClassifierError(f"--{key.replace('_', '-')} cannot change when resuming (the run has "
+                                  f"{getattr(run_cfg, key)!r}); on resume only {', '.join(sorted(RESUMABLE_KEYS))} "
+                                  "may change: start a new run for other settings")
+    merged = {**(ckpt.get("given") or {}), **{k: v for k, v in given.items() if k in RESUMABLE_KEYS}}
+    return ckpt, cfg, merged
+
+
+def make_run_dir(cfg: Config, dist: runtime.Dist, *, latest: bool = False) -> Path:
+    """runs/NAME, numbered NAME2, NAME3... unless exist_ok; chosen by rank 0 and shared with the others.
+
+    ``latest`` (a torchrun elastic restart): the folder the job's first attempt made instead of a new
+    one, i.e. the empty folder where the numbering stops, else the last non-empty one.
+    """
+    base = Path(cfg.project) / (cfg.name or f"{cfg.model.replace('/', '_')}-{cfg.dataset.split(':')[0]}")
+    path = base
+    if dist.is_main:
+        n, previous = 2, None
+        while path.exists() and not cfg.exist_ok and any(path.iterdir()):
+            previous, path, n = path, base.with_name(f"{base.name}{n}"), n + 1
+        if latest and previous is not None and not path.exists():
+            path = previous
+        path.mkdir(parents=True, exist_ok=True)
+    if dist.enabled:
+        shared = [str(path)]
+        tdist.broadcast_object_list(shared, src=0)
+        path = Path(shared[0])
+    return path
+
+
+def resolve_preprocessing(info, entry, cfg: Config) -> Preprocessing:
+    """ImageNet weights get 3-channel input with ImageNet statistics (gray is replicated to RGB);
+    otherwise the dataset's own channels and statistics. Size: --img-size, else native, raised to the
+    model's minimum."""
+    imagenet = cfg.weights == "imagenet"
+    channels = 3 if imagenet else info.channels
+    mean, std = (entry.pretrained_mean, entry.pretrained_std) if imagenet else (info.mean, info.std)
+    if cfg.img_size:
+        size = (cfg.img_size, cfg.img_size)
+    else:
+        size = tuple(max(s, entry.min_size) for s in info.size)
+    return Preprocessing(size=size, channels=channels, mean=tuple(mean), std=tuple(std))
+
+
+def build_data(cfg: Config, run_dir: Path, dist: runtime.Dist, *, resumed: bool = False, arrays=None) -> RunData:
+    """The run's splits (recorded in split.json; a resume reloads that record), data check, loaders."""
+    entry = model_entry(cfg.model)
+    split_file = Path(run_dir) / "split.json"
+    splits = run_splits(cfg.to_dict(), split_file=split_file if resumed else None, dataset=arrays,
+                        download=cfg.download)
+    if cfg.early_stopping and not len(splits.splits["val"]):  # before anything is written to the run folder
+        raise ClassifierError("--early-stopping watches the validation loss, and this run has no validation "
+                              "images (--val-fraction 0): drop one of the two")
+    if dist.is_main and not resumed and splits.info.name.startswith("folder:"):
+        run_check(splits.info.classes, splits.splits, Path(run_dir) / "data_check.json")
+    splits.splits["train"] = cap_per_class(splits.splits["train"], cfg.max_per_class, cfg.seed)
+    if dist.is_main and not resumed:
+        save_split(splits.record, split_file)
+    prep = resolve_preprocessing(splits.info, entry, cfg)
+    common = dict(prep=prep, batch_size=per_process_batch(cfg.batch_size, dist), seed=cfg.seed,
+                  rank=dist.rank, world_size=dist.world_size, workers=cfg.workers,
+                  cache=None if cfg.in_memory else False)
+    augment = cfg.augment if cfg.augment is not None else default_augment(splits.info.name)
+    loaders = {
+        "train": build_loader(splits.splits["train"], train=True, sampler=cfg.sampler, augment=augment, **common),
+        "val": build_loader(splits.splits["val"], train=False, **common),
+    }
+    return RunData(splits.info, splits.classes, splits.splits, splits.record, prep, loaders)
+
+
+def per_process_batch(batch_size: int, dist: runtime.Dist) -> int:
+    """``--batch-size`` is the global batch: each of N processes takes batch_size / N per step, so the
+    optimisation (steps per epoch, learning rate, schedule) is the same for any N."""
+    if batch_size % dist.world_size:
+        lower = batch_size - batch_size % dist.world_size
+        raise ClassifierError(f"--batch-size {batch_size} is the global batch and must divide evenly over "
+                              f"{dist.world_size} processes (e.g. {lower or dist.world_size} or "
+                              f"{lower + dist.world_size})")
+    return batch_size // dist.world_size
+
+
+def build_model(cfg: Config, data: RunData, *, pretrained_ok: bool = True):
+    """Create the model for the run's classes and input; load weights; freeze for feature extraction.
+
+    Returns (model, note about loaded weights or None). On resume no weights are fetched: the
+    checkpoint's own weights are loaded afterwards.
+    """
+    imagenet = cfg.weights == "imagenet" and pretrained_ok
+    model = create_model(cfg.model, num_classes=len(data.classes), in_chans=data.prep.channels,
+                         pretrained=imagenet, **(cfg.extra or {}))
+    note = "ImageNet weights" if imagenet else None
+    if cfg.weights and cfg.weights != "imagenet" and pretrained_ok:
+        note = str(load_weights(model, cfg.weights))
+        # finetune / feature-extract train a new head, even when the checkpoint's head has the same shape
+        # (its classes are other classes: e.g. pretrained on Fashion-MNIST 0-4, transferred to 5-9)
+        model.reset_classifier(model.num_classes)
+        note += "; new head"
+    if cfg.mode == "feature-extract":
+        freeze_backbone(model)
+    model.bn_stats_frozen = cfg.freeze_bn
+    return model, note
+
+
+def optimizer_groups(model, cfg: Config) -> list[dict]:
+    mult = cfg.backbone_lr_mult if cfg.mode == "finetune" else 1.0
+    return param_groups(model, lr=cfg.peak_lr, backbone_lr_mult=mult, weight_decay=cfg.weight_decay)
+
+
+def wrap_model(model, cfg: Config, dist: runtime.Dist, device: torch.device):
+    """DistributedDataParallel under torchrun, then torch.compile if asked."""
+    if dist.enabled:
+        if cfg.sync_bn:
+            if device.type == "cpu":
+                raise ClassifierError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU (without "
+                                      "it each process normalises with its own shard's batch statistics)")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _move_optimizer_state(optimizer, device) -> None:
+    for per_param in optimizer.state.values():
+        for k, v in per_param.items():
+            if torch.is_tensor(v) and k != "step":
+                per_param[k] = v.to(device)
+
