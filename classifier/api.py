@@ -77,8 +77,9 @@ def train(config: str | Path | None = None, *, resume: str | Path | None = None,
         raise ClassifierError("class_names names the classes of in-memory arrays: use it with "
                               "dataset=(images, labels) (to keep a subset of a dataset's classes, use classes=)")
     values.update(settings)
-    given = with_recipe(values)
-    cfg = make_config(given)
+    cfg = make_config(with_recipe(values))
+    resolved = cfg.to_dict()
+    given = {key: resolved[key] for key in with_recipe(values)}  # as checked and typed (flags arrive as text)
     with global_state_restored():
         run = fit(cfg, given=given, resume=resume, arrays=arrays, callbacks=callbacks)
     return TrainResult(Path(run.dir), run.summary or {}, list(run.state.history), run.cfg, run)
@@ -230,7 +231,7 @@ class Model:
             out.append(Prediction(self.classes[order[0]], float(row[order[0]]), int(order[0]),
                                   [(self.classes[i], float(row[i])) for i in order], row, path))
         if skipped:
-            print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+            print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(r for _, r in skipped[:3])
                   + (" ..." if len(skipped) > 3 else ""))
         return Predictions(out, skipped, self.classes, images[:GRID_IMAGES])
 
@@ -351,8 +352,11 @@ class EvalReport:
 
     def _repr_html_(self) -> str:
         """The per-class table and the confusion matrix, for notebooks."""
-        rows = "".join(f"<tr><td>{name}</td><td>{m.get('precision', 0):.3f}</td><td>{m.get('recall', 0):.3f}</td>"
-                       f"<td>{m.get('f1', 0):.3f}</td><td>{m.get('support', 0)}</td></tr>"
+        def cell(value):
+            return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+        rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in (name, m.get("precision"), m.get("recall"),
+                                                                         m.get("f1"), m.get("support"))) + "</tr>"
                        for name, m in self.metrics.get("per_class", {}).items())
         html = (f"<p><b>accuracy {self.accuracy:.2%}</b> on {self.metrics.get('n_samples')} images "
                 f"(report: <code>{self.dir / 'report.md'}</code>)</p><table><tr><th>class</th><th>precision</th>"

@@ -144,7 +144,7 @@ class Predictor:
                    tta_flip: bool = False) -> "Predictor":
         """A predictor around a PyTorch model already in memory (put in eval mode; fp32, on its device)."""
         model.eval()
-        device = next(model.parameters()).device
+        device = next(model.parameters(), torch.empty(0)).device
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -118,9 +118,9 @@ class _Recorder(torch.nn.Module):
 def test_every_mode_reaches_the_model_identically_everywhere(tmp_path, channels):
     """Training (in-memory and streaming loaders), evaluation, test.py, the predictor and exported models
     with embedded preprocessing all give the model the same tensor for every mode."""
-    from classifier.commands.test import classify
+    from classifier.api import Model
     from classifier.data import Samples, build_loader
-    from classifier.evaluation import run_predictions, torch_predict_fn
+    from classifier.evaluation import run_predictions
     from classifier.inference import Predictor, as_nchw, model_input
     from classifier.preprocess import InputNormalizer, Preprocessing
 
@@ -138,9 +138,9 @@ def test_every_mode_reaches_the_model_identically_everywhere(tmp_path, channels)
         return torch.cat([x for x, _ in loader])
 
     evaluated, classified = _Recorder(), _Recorder()
-    run_predictions(torch_predict_fn(evaluated, prep), samples, channels, progress=False)
+    run_predictions(Predictor.from_model(evaluated, prep, ["a", "b"]), samples, progress=False)
     predictor = Predictor.from_model(classified, prep, ["a", "b"])
-    classify(predictor, paths, batch_size=64)
+    Model(predictor, tmp_path / "x.pt").predict(paths, batch_size=64)
     predictor.predict_files(paths)
     embedded = torch.cat([InputNormalizer(prep, resize=True)(as_nchw(load_image(p, channels))) for p in paths])
     for name, x in [("training, in memory", loader_input(True)), ("training, streamed", loader_input(False)),

@@ -19,7 +19,7 @@ from classifier.models import model_from_checkpoint
 from classifier.config import make_config
 from classifier.data import InMemoryLoader, Samples, StreamingLoader, build_loader
 from classifier.engine.runtime import Dist
-from classifier.engine.setup import make_run_dir, per_process_batch, prepare_data, wrap_model
+from classifier.engine.build import make_run_dir, per_process_batch, build_data, wrap_model
 from classifier.errors import ClassifierError
 from classifier.preprocess import Preprocessing
 from tests.conftest import write_class_images
@@ -111,7 +111,7 @@ def test_validation_metrics_equal_single_process_evaluation(ddp_run, tmp_path):
 
     run, _ = ddp_run
     ckpt = load_checkpoint(run / "last.pt")
-    data = prepare_data(make_config(ckpt["config"]), tmp_path, Dist())
+    data = build_data(make_config(ckpt["config"]), tmp_path, Dist())
     assert len(data.splits["val"]) == 9
     one = evaluate(model_from_checkpoint(ckpt), data.loaders["val"], torch.device("cpu"))
     last = read_history(run)[-1]

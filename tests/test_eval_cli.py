@@ -79,10 +79,10 @@ def test_test_py_same_predictions_from_pt_and_onnx(trained_run, tmp_path):
     Image.new("RGBA", (16, 16), (200, 30, 30, 128)).save(images / "rgba.png")
     pt = classify_main(["--checkpoint", str(trained_run / "best.pt"), str(images), "--output", str(tmp_path / "a"), "--quiet"])
     ox = classify_main(["--checkpoint", str(onnx_path), str(images), "--output", str(tmp_path / "b"), "--quiet"])
-    assert [r["pred"] for r in pt] == [r["pred"] for r in ox]
-    assert [r["file"] for r in pt] == [r["file"] for r in ox] and len(pt) == 5
+    assert [p.label for p in pt] == [p.label for p in ox]
+    assert [p.path for p in pt] == [p.path for p in ox] and len(pt) == 5
     for a, b in zip(pt, ox):
-        assert abs(a["confidence"] - b["confidence"]) < 1e-4
+        assert abs(a.confidence - b.confidence) < 1e-4
     assert (tmp_path / "a" / "predictions.png").is_file() and (tmp_path / "b" / "predictions.csv").is_file()
 
 

@@ -239,14 +239,14 @@ def test_weights_from_a_checkpoint_get_a_new_head(tiny_matrix, tmp_path):
     """Fine-tuning from the 2-class pretraining run to 2 other classes: the body is loaded, the head is new."""
     from classifier.config import make_config
     from classifier.engine.runtime import Dist
-    from classifier.engine.setup import prepare_data, prepare_model
+    from classifier.engine.build import build_data, build_model
 
     spec, out, code, printed, _ = tiny_matrix
     source = out / "tiny" / "pre-resnet" / "best.pt"
     cfg = make_config({"model": "resnet", "extra": {"width": 4}, "mode": "finetune", "weights": str(source),
                        "dataset": yaml.safe_load(spec.read_text())["train"]["dataset"], "classes": "2,3",
                        "workers": 0})
-    model, note = prepare_model(cfg, prepare_data(cfg, tmp_path, Dist()))
+    model, note = build_model(cfg, build_data(cfg, tmp_path, Dist()))
     before = load_checkpoint(source)["model"]
     assert note.endswith("new head") and model.head.weight.shape == before["head.weight"].shape
     assert not torch.equal(model.head.weight, before["head.weight"])

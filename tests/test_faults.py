@@ -201,9 +201,9 @@ class BlowUpGradient(torch.autograd.Function):
 
 def sabotage(monkeypatch, at_step: int, make_bad):
     """Make the model's output bad (``make_bad(logits)``) on training forward pass number ``at_step``."""
-    from classifier.engine import setup
+    from classifier.engine import build as setup
 
-    real = setup.prepare_model
+    real = setup.build_model
 
     def prepare(*args, **kw):
         model, note = real(*args, **kw)
@@ -219,7 +219,7 @@ def sabotage(monkeypatch, at_step: int, make_bad):
         model.register_forward_hook(hook)
         return model, note
 
-    monkeypatch.setattr(setup, "prepare_model", prepare)
+    monkeypatch.setattr(setup, "build_model", prepare)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_folder, monkeypatch,

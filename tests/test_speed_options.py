@@ -27,9 +27,9 @@ from classifier.config import RECIPES_DIR, load_recipe, load_yaml, make_config, 
 from classifier.data import InMemoryLoader, StreamingLoader, load_dataset  # noqa: E402
 from classifier.engine import loop  # noqa: E402
 from classifier.engine.runtime import Dist  # noqa: E402
-from classifier.engine.setup import prepare_data  # noqa: E402
+from classifier.engine.build import build_data  # noqa: E402
 from classifier.engine.trainer import fit  # noqa: E402
-from classifier.evaluation import torch_predict_fn  # noqa: E402
+from classifier.inference import Predictor  # noqa: E402
 from classifier.preprocess import Preprocessing  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def test_in_memory_and_streaming_runs_get_the_same_data(tmp_path):
     for in_memory in (True, False):
         run_dir = tmp_path / f"run-{in_memory}"
         run_dir.mkdir()
-        runs[in_memory] = prepare_data(make_config({**values, "in_memory": in_memory}), run_dir, Dist())
+        runs[in_memory] = build_data(make_config({**values, "in_memory": in_memory}), run_dir, Dist())
     fast, slow = runs[True], runs[False]
     assert isinstance(fast.loaders["train"], InMemoryLoader) and isinstance(slow.loaders["train"], StreamingLoader)
     assert fast.record == slow.record and fast.prep == slow.prep
@@ -115,7 +115,7 @@ def test_tta_flip_averages_the_logits_of_image_and_mirror():
     assert out["acc"] == pytest.approx((both.argmax(1) == y).float().mean().item())
     assert loop.evaluate(model, [(x, y)], cpu)["loss"] != pytest.approx(out["loss"], rel=1e-5)
     raw = Preprocessing(size=(4, 5), channels=1, mean=(0.0,), std=(1 / 255,))  # model input == pixel values
-    probs = torch_predict_fn(model, raw, tta_flip=True)(list(images.permute(0, 2, 3, 1).numpy()))
+    probs = Predictor.from_model(model, raw, ["a", "b", "c"], tta_flip=True).predict(images.permute(0, 2, 3, 1).numpy())
     np.testing.assert_allclose(probs, torch.softmax(both, 1).numpy(), rtol=1e-5, atol=1e-6)
 
 

@@ -160,14 +160,14 @@ def test_finetune_without_weights_is_an_error(tmp_path, tiny_folder, capsys):
 
 def test_scratch_loads_nothing(tmp_path, tiny_folder):
     from classifier.config import make_config
-    from classifier.engine.setup import prepare_data, prepare_model
+    from classifier.engine.build import build_data, build_model
     from classifier.engine.runtime import Dist
     from classifier.models import create_model
 
     cfg = make_config({"model": "lenet5", "dataset": f"folder:{tiny_folder}", "workers": 0})
-    data = prepare_data(cfg, tmp_path, Dist())
+    data = build_data(cfg, tmp_path, Dist())
     torch.manual_seed(0)
-    model, note = prepare_model(cfg, data)
+    model, note = build_model(cfg, data)
     torch.manual_seed(0)
     fresh = create_model("lenet5", num_classes=3, in_chans=3)
     assert note is None
@@ -203,9 +203,9 @@ def test_default_augmentation_is_the_datasets(tmp_path, tiny_folder):
     from classifier.config import make_config
     from classifier.data import default_augment
     from classifier.engine.runtime import Dist
-    from classifier.engine.setup import prepare_data
+    from classifier.engine.build import build_data
 
-    data = prepare_data(make_config({"model": "lenet5", "dataset": f"folder:{tiny_folder}", "workers": 0}),
+    data = build_data(make_config({"model": "lenet5", "dataset": f"folder:{tiny_folder}", "workers": 0}),
                         tmp_path, Dist())
     assert default_augment(data.info.name) != "none"
     assert not data.loaders["train"].augment.is_identity
