@@ -9,11 +9,10 @@
 
 See classifier/api.py for the whole surface.
 """
-__version__ = "0.2.0"
-
-from classifier.api import (EvalReport, Model, Prediction, Predictions, TrainResult, check_data, list_models,  # noqa: E402
-                            load, show_dataset, train)
-from classifier.errors import ClassifierError  # noqa: E402
+from classifier.api import (EvalReport, Model, Prediction, Predictions, TrainResult, check_data, list_models, load,
+                            show_dataset, train)
+from classifier.errors import ClassifierError
+from classifier.version import __version__
 
 __all__ = ["train", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
            "TrainResult", "EvalReport", "ClassifierError", "__version__"]

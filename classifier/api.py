@@ -37,7 +37,7 @@ from classifier.evaluation import evaluate_and_report, images_to_uint8_batch
 from classifier.export.from_checkpoint import ExportOptions, export_checkpoint
 from classifier.inference import CHECKPOINT_SUFFIXES, Predictor
 from classifier.models import list_models as _registry_list_models
-from classifier.report.plots import plot_predictions_grid
+from classifier.report.plots import plot_dataset_grid, plot_predictions_grid
 from classifier.report.writer import prediction_rows, write_predictions_csv
 
 __all__ = ["train", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
@@ -393,8 +393,6 @@ def show_dataset(dataset, *, save: str | Path | None = None, per_class: int = 8,
             continue
     side = min(max(max(im.shape[:2]) for im in images), 96)
     path = Path(save or f"{cfg.dataset.split(':')[-1].strip('/').replace('/', '_')}-samples.png")
-    from classifier.report.plots import plot_dataset_grid  # noqa: PLC0415 - only the viewer draws grids
-
     plot_dataset_grid(path, images_to_uint8_batch(images, side), np.array(labels), info.classes, per_class)
     print(f"{len(info.classes)} classes, {len(samples)} training images; sample grid written to {path}")
     return path

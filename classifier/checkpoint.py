@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from classifier.errors import ClassifierError
 from classifier.fileio import atomic_target
@@ -51,8 +52,6 @@ def load_state_file(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ClassifierError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as err:  # corrupt or not a safetensors file

@@ -143,14 +143,14 @@ def _hole(side: int, fraction: float) -> int:
 # --- (b) albumentations, per sample ------------------------------------------------------------
 def _albumentations():
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
-    import albumentations
+    import albumentations  # imported on first use: ~1 s, and the in-memory path never needs it
 
     return albumentations
 
 
 def preset_pipeline(preset: Preset, height: int, width: int):
     """The albumentations Compose that means the same as ``preset`` for an image of this size."""
-    import cv2
+    import cv2  # with albumentations, on first use
 
     A = _albumentations()
     transforms = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classifier._compat import import_torchvision
 from classifier.data.images import BadImageError, image_size, is_image_file, load_image
 from classifier.errors import ClassifierError, unknown_choice
 from classifier.preprocess import LUMA, Preprocessing
@@ -179,9 +180,7 @@ def load_dataset(spec: str, root: str | os.PathLike = "datasets", *, download: b
 # --- downloads ---------------------------------------------------------------------------------
 def _download(url: str, folder: Path, filename: str, md5: str, extract: bool) -> None:
     """Fetch (and unpack) one official file; any failure propagates to the caller's message."""
-    from classifier._compat import import_torchvision
-
-    import_torchvision()
+    import_torchvision()  # torchvision is imported only to download: it takes seconds on a CPU-only torch
     from torchvision.datasets.utils import download_and_extract_archive, download_url
 
     folder.mkdir(parents=True, exist_ok=True)

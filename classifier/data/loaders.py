@@ -376,7 +376,7 @@ def _worker_init(_worker_id: int) -> None:
     # Each worker handles one sample at a time: intra-op threads would only oversubscribe the CPUs.
     torch.set_num_threads(1)
     try:
-        import cv2
+        import cv2  # albumentations' dependency; only the streaming workers use it
 
         cv2.setNumThreads(0)
     except ImportError:

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as tdist
+import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from classifier.config import save_yaml
+from classifier.errors import unknown_choice
 from classifier.evaluation import evaluate_and_report
 from classifier.inference import Predictor
 from classifier.models import model_summary
@@ -39,7 +41,6 @@ class Callbacks:
 
     def add(self, event: str, fn) -> None:
         if event not in EVENTS:
-            from classifier.errors import unknown_choice  # noqa: PLC0415 - keeps the import list short
             raise unknown_choice("callback event", event, EVENTS)
         if not callable(fn):
             raise TypeError(f"callback for {event} must be callable, got {type(fn).__name__}")
@@ -115,8 +116,6 @@ def write_run_header(run) -> None:
 
 
 def save_given(given: dict, path: Path) -> None:
-    import yaml  # noqa: PLC0415 - only here
-
     text = yaml.safe_dump(given, sort_keys=True) if given else "{}\n"
     path.write_text("# the settings given for this run (flags, config file, recipe, API arguments); every other\n"
                     "# value in config.yaml is a default. A resume keeps these and never lets a default override them.\n"

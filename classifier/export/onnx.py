@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-import classifier
+from classifier.version import __version__
 from classifier.artifact import (INPUT_NAME, OUTPUT_NAME, first_line, load_proto, open_session, preprocessing_metadata, set_metadata)
 from classifier.errors import ClassifierError
 from classifier.export.graph import trim_conv_kernels
@@ -64,7 +64,7 @@ def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, 
         "dynamic_size": dynamic_size,
         "opset": opset,
         "exporter": exporter,
-        "toolkit_version": classifier.__version__,
+        "toolkit_version": __version__,
         "torch_version": torch.__version__,
     }
     _strip_node_metadata(proto.graph)
@@ -240,6 +240,7 @@ def to_ort(onnx_path, target: str = "arm") -> Path:
     The config lists the operators the model needs; pass it to ONNX Runtime's build with
     ``--include_ops_by_config`` for a reduced-size runtime. The ``.ort`` keeps the metadata.
     """
+    # imported here: the converter pulls in onnxruntime's tooling (slow), needed only for --mobile
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     if target not in ORT_TARGETS:

@@ -162,7 +162,7 @@ _register_torchvision("mobilenet_v2", "MobileNetV2 (torchvision), ImageNet weigh
 
 def import_timm():
     import_torchvision()  # timm imports torchvision; this makes that import work on CPU-only torch
-    import timm
+    import timm  # after the torchvision workaround above, which must run first
 
     return timm
 
@@ -225,7 +225,7 @@ def _build_timm(arch: str, *, num_classes, in_chans, pretrained, drop_rate, **kw
 
 def _hf_cache_dir() -> str:
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # timm's dependency; only for this message
 
         return str(constants.HF_HUB_CACHE)
     except Exception:

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torchinfo import summary
 
 from classifier.errors import ClassifierError, unknown_choice
 from classifier.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -246,8 +247,6 @@ def model_summary(model: nn.Module, input_size, device="cpu") -> str:
     if len(input_size) == 2:
         input_size = (getattr(model, "in_chans", 3), *input_size)
     try:
-        from torchinfo import summary
-
         with torch.random.fork_rng(devices=[]):  # its random input must not move a (resumed) run's random state
             stats = summary(model, input_size=(2, *input_size), device=device, verbose=0, depth=3,
                             col_names=("output_size", "num_params", "mult_adds"), mode="eval")

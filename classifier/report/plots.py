@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
@@ -82,8 +83,6 @@ def confusion_matrix_figure(cm, classes, normalize: bool = False) -> Figure:
 
 
 def _blues_with_gray_nan():
-    import matplotlib
-
     return matplotlib.colormaps["Blues"].with_extremes(bad="#eeeeee")  # gray rows: classes without samples
 
 
