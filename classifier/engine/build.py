@@ -98,14 +98,8 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
             if dist.is_main:
                 print(f"torchrun restart {restarts}: resuming {run_dir} from last.pt (epoch {ckpt['epoch']}, "
                       f"step {ckpt['step']})", flush=True)
-    device = runtime.select_device(cfg.device)
-    if device.type == "cuda" and dist.enabled:
-        device = torch.device("cuda", dist.local_rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    runtime.seed_everything(cfg.seed)
+    device = runtime.configure_process(cfg.device, dist, threads=cfg.threads, deterministic=cfg.deterministic,
+                                       seed=cfg.seed)
 
     data = build_data(cfg, run_dir, dist, resumed=ckpt is not None, arrays=arrays)
     raw_model, load_note = build_model(cfg, data, pretrained_ok=ckpt is None)

@@ -21,6 +21,21 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_process(device_name: str, dist: "Dist", *, threads: int | None, deterministic: bool,
+                      seed: int) -> torch.device:
+    """The device this process trains on; thread count, deterministic mode and seeds set for the run
+    (process-wide: the Python API puts them back afterwards)."""
+    device = select_device(device_name)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(seed)
+    return device
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32.
 
