@@ -89,7 +89,7 @@ def test_two_processes_train_like_one(ddp_run, colours, tmp_path):
     assert "distributed: 2 processes (gloo); global batch 8 = 2 x 4 per process; learning rate 0.05" in done.stdout
 
     single = fit(make_config({**CONFIG, "dataset": f"folder:{colours}", "project": str(tmp_path), "name": "one",
-                              "progress": False, "eval_test": False, "tensorboard": False}))
+                              "progress": False, "eval_test": False, "tensorboard": False})).dir
     a, b = load_checkpoint(single / "last.pt"), load_checkpoint(run / "last.pt")
     assert a["step"] == b["step"] == 3 * (39 // 8)  # the same optimiser steps: --batch-size is global
     # Not bit-exact: each process averages the loss over its 4 samples and DDP averages the two

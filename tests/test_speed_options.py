@@ -68,7 +68,7 @@ def test_each_speed_option_off_still_trains(tmp_path, tiny_folder, restore_threa
                     initial={k: v.detach().clone() for k, v in run.raw_model.state_dict().items()})
 
     run_dir = fit(make_config(tiny_run(tmp_path, tiny_folder, name=option.replace(" ", "-"), **overrides)),
-                  callbacks={"on_train_start": [probe]})
+                  callbacks={"on_train_start": [probe]}).dir
     assert {k: seen[k] for k in expected} == expected
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs"] == 1 and math.isfinite(summary["val_loss"]) and summary["test_accuracy"] is not None
@@ -120,16 +120,21 @@ def test_tta_flip_averages_the_logits_of_image_and_mirror():
 
 
 def test_tta_flip_reaches_validation_and_test_evaluation(tmp_path, tiny_folder, monkeypatch):
-    flags = []
-    original = loop.eval_logits
+    """The one flip rule (inference.flip_averaged) runs in validation (torch tensors) and in the test-split
+    report (the Predictor, numpy arrays)."""
+    from classifier import inference
 
-    def spy(model, x, tta_flip=False):
-        flags.append(tta_flip)
-        return original(model, x, tta_flip)
+    kinds = []
+    original = inference.flip_averaged
 
-    monkeypatch.setattr(loop, "eval_logits", spy)
+    def spy(forward, x):
+        kinds.append(type(x).__name__)
+        return original(forward, x)
+
+    monkeypatch.setattr(loop, "flip_averaged", spy)
+    monkeypatch.setattr(inference, "flip_averaged", spy)
     fit(make_config(tiny_run(tmp_path, tiny_folder, name="tta", tta_flip=True)))
-    assert len(flags) >= 2 and all(flags)  # validation during training, and the test-split report
+    assert "Tensor" in kinds and "ndarray" in kinds  # validation during training, and the test-split report
 
 
 # --- recipes ---------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_resume_continues_exactly(tmp_path, tiny_folder):
     values = dict(model="vggnet", extra={"width": 8}, seed=3, augment="light", epochs=3, batch_size=16,
                   progress=False, amp="off", workers=0, dataset=f"folder:{tiny_folder}",
                   project=str(tmp_path / "runs"))
-    straight = fit(make_config({**values, "name": "straight"}))
+    straight = fit(make_config({**values, "name": "straight"})).dir
     with pytest.raises(Interrupt):
         fit(make_config({**values, "name": "part"}), callbacks={"on_epoch_end": [stop_after_epoch(1)]})
     part = tmp_path / "runs" / "part"
