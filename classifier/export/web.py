@@ -83,11 +83,11 @@ def export_web(model: nn.Module, prep: Preprocessing, metadata: dict, out_dir, *
     ``calibration``: fp32 model path -> model-input batches, for static quantization.
     """
     folder = WebFolder(_prepare_folder(out_dir))
-    runtime = onnxruntime_web()  # fetched first: offline, nothing is exported for nothing
+    runtime = onnxruntime_web()  # before the slow export: offline, fail at once
     net, web_meta = web_graph(model, metadata)
     fp32 = folder.path / "model.onnx"
     export_onnx(net, prep, web_meta, fp32, embed_preprocessing=True, opset=opset)
-    note = ""
+    note = "not verified"
     if verify_images is not None and len(verify_images):
         try:
             note = f"verified against PyTorch: {verify_onnx(fp32, net, verify_images)}"
@@ -100,6 +100,9 @@ def export_web(model: nn.Module, prep: Preprocessing, metadata: dict, out_dir, *
         quantize_int8(fp32, int8, method=quantize, calibration_batches=calibration(fp32) if calibration else None)
         folder.models.append(WebModel("int8", int8, write_metadata_json(int8, folder.path / "metadata.int8.json"),
                                       read_metadata(int8)["quantization"]))
+    else:  # an earlier export's int8 model must not outlive the fp32 model it came from
+        for stale in ("model.int8.onnx", "metadata.int8.json"):
+            (folder.path / stale).unlink(missing_ok=True)
     _write_page(folder, runtime)
     return folder
 
