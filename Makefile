@@ -26,20 +26,21 @@ fashion-mnist:
 # The browser test (tests/test_web.py) drives Debian's Chromium; it skips itself where these are missing.
 chromium:
 	@if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get install -y -q chromium chromium-driver || (apt-get update -q && apt-get install -y -q chromium chromium-driver) || true; \
+		apt-get install -y -q chromium chromium-driver \
+		|| (apt-get update -q && apt-get install -y -q chromium chromium-driver) || true; \
 	fi
 
 # onnxruntime-web (the pinned npm package) into the toolkit cache, for export.py --web; offline: a note, not a failure.
 onnxruntime-web: venv
-	@$(PY) -c "from classifier.export.web import onnxruntime_web; print('onnxruntime-web:', onnxruntime_web())" \
-		|| echo "(export.py --web and the browser test need it: they will say so)"
+	@$(PY) -m classifier.export.web || true
 
 demo: venv fashion-mnist onnxruntime-web
 	$(PY) train.py --dataset fashion_mnist --model lenet5 --epochs 2 --name demo --exist-ok
 	$(PY) eval.py --checkpoint runs/demo/best.pt
 	$(PY) export.py --checkpoint runs/demo/best.pt
 	-$(PY) export.py --checkpoint runs/demo/best.pt --web --quantize int8
-	@echo "demo outputs: runs/demo/ (checkpoints, history, report, model.onnx, web/: python -m http.server -d runs/demo/web)"
+	@echo "demo outputs: runs/demo/ (checkpoints, history, report, model.onnx, web/)"
+	@echo "the web page: python -m http.server -d runs/demo/web, then open http://localhost:8000/"
 
 test: venv chromium onnxruntime-web
 	$(PY) -m pytest tests

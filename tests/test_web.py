@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -20,13 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier.data import load_image
+from classifier.checkpoint import load_checkpoint
+from classifier.data import load_dataset, load_image
 from classifier.errors import ClassifierError
-from classifier.export import read_metadata
-from classifier.export import web
+from classifier.export import read_metadata, web
 from classifier.inference import Predictor
+from classifier.models import create_model
 from classifier.preprocess import Preprocessing
-from conftest import COLOURS
+from conftest import COLOURS, write_class_images
 from test_export import CLASSES, make_checkpoint, train_briefly
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,12 +51,8 @@ def runtime_or_skip() -> Path:
 @pytest.fixture(scope="module")
 def flip_run(tmp_path_factory):
     """A colour run that evaluated with the test-time flip, on an image folder export.py can reload."""
-    from conftest import write_class_images
-
     prep = Preprocessing(size=(32, 32), channels=3, mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
     torch.manual_seed(0)
-    from classifier.models import create_model
-
     model = train_briefly(create_model("lenet5", num_classes=3, in_chans=3), prep)
     root = tmp_path_factory.mktemp("web_run")
     data = write_class_images(root / "colours", per_class=12, size=32, seed=3)
@@ -146,7 +144,10 @@ def browser(tmp_path_factory):
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingOptions", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    except Exception as err:  # noqa: BLE001 - selenium wraps the driver's start-up failures in several types
+        pytest.skip(f"Chromium did not start: {str(err).strip().splitlines()[0][:200]}")
     driver.set_script_timeout(PAGE_TIMEOUT_S)
     yield driver
     driver.quit()
@@ -165,7 +166,7 @@ def site(web_folder):
 
 def wait_for(driver, condition: str, timeout=PAGE_TIMEOUT_S):
     """Wait until the JavaScript expression ``condition`` is truthy; returns its value."""
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import WebDriverWait  # Selenium is optional: here only once it was found
 
     return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: d.execute_script(f"return {condition}"))
 
@@ -291,23 +292,23 @@ def test_page_explains_a_browser_without_webassembly(browser, site):
 
 
 @pytest.mark.skipif(not os.environ.get("CLASSIFIER_WEB_SCREENSHOT"),
-                    reason="CLASSIFIER_WEB_SCREENSHOT=runs/NAME/best.pt (a Fashion-MNIST run) saves the README screenshot")
+                    reason="set CLASSIFIER_WEB_SCREENSHOT=runs/NAME/best.pt (a Fashion-MNIST run) for the README's")
 def test_readme_screenshot_of_fashion_mnist(browser, site, tmp_path):
     """The page classifying one Fashion-MNIST test image of each of 8 classes, saved for the README."""
-    from classifier.checkpoint import load_checkpoint
     from classifier.commands.export import main
-    from classifier.data import load_dataset
 
     url, root = site
     ckpt = Path(os.environ["CLASSIFIER_WEB_SCREENSHOT"])
-    config = load_checkpoint(ckpt)["config"]
+    checkpoint = load_checkpoint(ckpt)
+    config, config_classes = checkpoint["config"], checkpoint["classes"]
     main(["--checkpoint", str(ckpt), "--web", str(root / "fmnist")])
     _, splits = load_dataset(config["dataset"], config["data_dir"], download=False)
     test = splits["test"]
     paths = []
     for label in range(8):
         index = int(np.flatnonzero(test.labels == label)[3])
-        paths.append(tmp_path / f"test_{index:04d}.png")
+        name = re.sub(r"[^a-z]+", "-", config_classes[label].lower())
+        paths.append(tmp_path / f"{name}-{index:04d}.png")
         Image.fromarray(test.images[index][:, :, 0], "L").save(paths[-1])
     state, message = open_page(browser, url + "fmnist/")
     assert state == "ready", message

@@ -228,7 +228,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
                       ".json": "application/json", ".onnx": "application/octet-stream", ".html": "text/html"}
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+    def log_message(self, format, *args):  # the base class's signature
         pass
 
 
@@ -256,3 +256,10 @@ def serve(folder, port: int = 8000) -> None:
             server.serve_forever()
         except KeyboardInterrupt:
             print("stopped")
+
+
+if __name__ == "__main__":  # `python -m classifier.export.web` fetches the runtime ahead (make test, make demo)
+    try:
+        print(f"onnxruntime-web {ORT_WEB_VERSION}: {onnxruntime_web()}")
+    except ClassifierError as err:
+        raise SystemExit(f"note: {err}") from None

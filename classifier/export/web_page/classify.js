@@ -250,7 +250,7 @@
       enqueue(async () => {
         await process(item);
         figure.classList.remove('pending');
-        $('results').prepend(figure);
+        $('results').append(figure);
       });
     }
   }
