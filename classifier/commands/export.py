@@ -7,6 +7,7 @@ import argparse
 from classifier import api
 from classifier.commands import cli_entry
 from classifier.export.onnx import DEFAULT_OPSET, ORT_TARGETS
+from classifier.export.web import export_web_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,11 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "engines (default: PyTorch's, usually the number of cores)")
     parser.add_argument("--opset", type=int, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     parser.add_argument("--data-dir", help="dataset folder (default: the one the run was trained with)")
+    parser.add_argument("--web", nargs="?", const="", metavar="DIR",
+                        help="instead of model.onnx, write a static web page that classifies images in the browser "
+                             "(ONNX Runtime Web) to DIR (default: web/ beside the checkpoint)")
+    parser.add_argument("--serve", action="store_true", help="with --web: serve the page on localhost")
     return parser
 
 
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "output", "no_verify")}
+    options = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "output", "no_verify", "web", "serve")}
+    if args.web is not None or args.serve:
+        return export_web_checkpoint(args.checkpoint, args.web, serve_page=args.serve, output=args.output,
+                                     verify=not args.no_verify, **options)
     return api.load(args.checkpoint).export(args.output, verify=not args.no_verify, **options)

@@ -181,16 +181,19 @@ def print_report(rows: list[Row], data: RunSplits, timed, *, full_benchmark: boo
         print("\n" + format_results(timed))
 
 
-def _verify(out: Path, model, prep, data: RunSplits) -> float:
-    """Parity check on val (else test) images, random pixels without data; a failure removes the file."""
+def parity_images(prep: Preprocessing, data: RunSplits):
+    """(uint8 images, what they are) for the parity check: val (else test) images, random pixels without data."""
     samples = data.get("val", "test")
     if samples is not None:
         images = sample_images(samples, prep.channels, seeded_subset(len(samples), PARITY_IMAGES))
-        what = f"{len(images)} {'val' if data.get('val') is samples else 'test'} images"
-    else:
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (64, *prep.size, prep.channels), dtype=np.uint8)
-        what = "64 random images (no data found)"
+        return images, f"{len(images)} {'val' if data.get('val') is samples else 'test'} images"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (64, *prep.size, prep.channels), dtype=np.uint8), "64 random images (no data found)"
+
+
+def _verify(out: Path, model, prep, data: RunSplits) -> float:
+    """Parity check on val (else test) images, random pixels without data; a failure removes the file."""
+    images, what = parity_images(prep, data)
     try:
         parity = verify_onnx(out, model, images)
     except ClassifierError:
