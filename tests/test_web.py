@@ -35,7 +35,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1100,900")
+                  "--window-size=1100,900",
+                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")  # a test-pattern camera
 PAGE_TIMEOUT_S = 120  # the 28 MB WebAssembly runtime compiles on a busy CPU
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "figures" / "web_page.png"
 
@@ -249,6 +250,21 @@ def test_page_classifies_like_onnxruntime_in_python(browser, site, web_folder, t
     expected_int8 = Predictor.load(web_folder / "model.int8.onnx").predict_files(paths)
     assert [int(np.argmax(got[p.name])) for p in paths] == list(expected_int8.argmax(1))
     assert [o.get_attribute("value") for o in backend.find_elements("tag name", "option")] == ["wasm"]
+    assert console_errors(browser) == []
+
+
+def test_page_classifies_a_camera_frame(browser, site):
+    url, _ = site
+    if browser.current_url != url + "page/":
+        open_page(browser, url + "page/")
+    before = browser.execute_script("return document.querySelectorAll('.result').length")
+    browser.find_element("id", "camera-button").click()
+    wait_for(browser, "document.getElementById('camera-video').videoWidth > 0")
+    browser.find_element("id", "capture-button").click()
+    wait_for(browser, f"document.querySelectorAll('.result').length === {before + 1}")
+    frame = browser.execute_script("return Object.assign({}, document.querySelector('.result:last-child').dataset)")
+    assert frame["file"] == "camera-1.png" and abs(sum(json.loads(frame["probs"])) - 1) < 1e-6
+    browser.find_element("id", "camera-stop").click()
     assert console_errors(browser) == []
 
 
