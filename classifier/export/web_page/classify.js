@@ -118,8 +118,9 @@
       session = await ort.InferenceSession.create(entry.file, {executionProviders: [backend]});
     } catch (err) {
       if (backend !== 'wasm') {
-        say(`${backend} is not available here (${err.message}); using WASM`, 'info');
-        return openModel(entry, 'wasm');
+        await openModel(entry, 'wasm');
+        say(`WebGPU is not available in this browser (${err.message}); using WASM`, 'info');
+        return;
       }
       throw new PageError(`ONNX Runtime Web cannot load ${entry.file}: ${err.message}`);
     }
