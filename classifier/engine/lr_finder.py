@@ -1,0 +1,230 @@
+"""The learning-rate range test (Smith 2015; fastai's ``lr_find``): train a few steps while the learning rate
+rises exponentially, watch the loss, suggest a rate, and put everything back as it was.
+
+The test takes the run's own training step (``loop.training_step``: device, autocast, label smoothing,
+class weights, gradient clipping), optimiser and parameter groups. The rate tested is the head's (the
+first group's, the config's ``lr``); every other group keeps its ratio to it, so a fine-tune's backbone
+runs at ``backbone_lr_mult`` times the tested rate throughout (``optim.set_lr``).
+
+Suggestion rule: ``valley`` (fastai's default since 2.4), chosen by measurement with bench/lr_finder.py
+(figures in the README): the middle of the longest stretch where the smoothed loss keeps falling. It
+ignores the noise of the first steps and the flat start that fool ``steepest`` (steepest descent of the
+smoothed loss), and lands well below the divergence point, unlike ``minimum`` (a tenth of the rate at the
+lowest smoothed loss).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifier.engine.loop import StepContext, training_step
+from classifier.engine.optim import set_lr
+from classifier.engine.runtime import amp_dtype, get_rng_state, select_device, set_rng_state
+from classifier.errors import ClassifierError
+
+SMOOTHING = 0.98  # exponential moving average of the loss, debiased (fastai's Recorder)
+DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum
+DEFAULT_RULE = "valley"
+
+
+@dataclass
+class LRFinderResult:
+    lrs: list  # head learning rate of each step taken
+    losses: list  # training loss of each step (the last one may be the diverging, non-finite one)
+    smoothed: list  # debiased exponential moving average of ``losses``
+    suggestion: float  # the chosen rule's learning rate
+    rule: str
+    divergence_lr: float | None  # rate at which the test stopped on divergence (None: reached end_lr)
+    suggestions: dict = field(default_factory=dict)  # every rule's pick, for comparison
+    plot_path: Path | None = None
+
+
+def lr_schedule(start_lr: float, end_lr: float, num_steps: int) -> np.ndarray:
+    """Exponentially spaced rates from ``start_lr`` to ``end_lr`` inclusive."""
+    if not 0 < start_lr < end_lr:
+        raise ClassifierError(f"the range test needs 0 < start_lr < end_lr, got {start_lr:g} and {end_lr:g}")
+    if num_steps < 10:
+        raise ClassifierError(f"the range test needs at least 10 steps, got {num_steps}")
+    return np.geomspace(start_lr, end_lr, num_steps)
+
+
+def smooth(losses, beta: float = SMOOTHING) -> list:
+    """Debiased exponential moving average (the first values are not dragged towards zero)."""
+    avg, out = 0.0, []
+    for i, loss in enumerate(losses):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+def valley_index(smoothed: np.ndarray) -> int:
+    """fastai's 'valley': the longest run of decreasing loss (longest decreasing subsequence), and a point
+    halfway between its first third and its middle."""
+    n = len(smoothed)
+    run_length = [1] * n
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if smoothed[i] < smoothed[j] and run_length[i] < run_length[j] + 1:
+                run_length[i] = run_length[j] + 1
+        if run_length[i] > run_length[end]:
+            end = i
+            start = end - run_length[end]
+    third = (end - start) / 3
+    return max(0, start + int(third) + int(third / 2))
+
+
+def steepest_index(lrs: np.ndarray, smoothed: np.ndarray) -> int:
+    """Where the smoothed loss falls fastest against log learning rate."""
+    return int(np.argmin(np.gradient(smoothed, np.log10(lrs))))
+
+
+def minimum_index(lrs: np.ndarray, smoothed: np.ndarray) -> int:
+    """The point closest to a tenth of the rate at the lowest smoothed loss."""
+    target = np.log10(lrs[int(np.argmin(smoothed))]) - 1
+    return int(np.argmin(np.abs(np.log10(lrs) - target)))
+
+
+RULES = {
+    "valley": lambda lrs, smoothed: valley_index(smoothed),
+    "steepest": steepest_index,
+    "minimum": minimum_index,
+}
+
+
+def suggest(lrs, smoothed, diverged: bool) -> dict:
+    """Each rule's rate, taken among the steps before divergence, without the first tenth of the range and
+    the last 5 steps (fastai's trim: the start is noise, the end is where the loss turns)."""
+    lrs, smoothed = np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float)
+    usable = len(lrs) - 1 if diverged else len(lrs)  # the diverging step is no candidate
+    if usable < 1:
+        raise ClassifierError(f"the loss diverged at the first step (lr {lrs[0]:g}): lower start_lr")
+    first, last = len(lrs) // 10, usable - 5
+    if last - first < 3:  # too short to trim: keep every usable step
+        first, last = 0, usable
+    lrs, smoothed = lrs[first:last], smoothed[first:last]
+    return {name: float(lrs[rule(lrs, smoothed)]) for name, rule in RULES.items()}
+
+
+def range_test(model, optimizer, loader, ctx: StepContext, lrs: np.ndarray) -> tuple[list, list, list, bool]:
+    """Train one step per rate in ``lrs`` (cycling through ``loader``); stop once the smoothed loss
+    diverges. Returns (rates, losses, smoothed losses, diverged). Changes model and optimiser state."""
+    reference = optimizer.param_groups[0].get("base_lr", optimizer.param_groups[0]["lr"])
+    tried, losses, smoothed = [], [], []
+    model.train()
+    batches = _cycle(loader)
+    for lr in lrs:
+        set_lr(optimizer, lr / reference)  # every group relative to its own base rate
+        x, y = next(batches)
+        loss, _, _ = training_step(model, x, y, ctx)
+        tried.append(float(lr))
+        losses.append(loss)
+        if not math.isfinite(loss):
+            return tried, losses, smoothed + [math.inf], True
+        smoothed = smooth(losses)
+        if smoothed[-1] > DIVERGE_FACTOR * min(smoothed):
+            return tried, losses, smoothed, True
+    return tried, losses, smoothed, False
+
+
+def _cycle(loader):
+    """Batches of ``loader``, starting over (same order) when it runs out."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ClassifierError("the range test needs training data: the loader has no batches")
+
+
+class preserved_state:
+    """Context manager: model weights and buffers, optimiser state and hyperparameters, training flag and
+    the torch / numpy / python random state are exactly as before on exit."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def __enter__(self):
+        self.weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        self.training = self.model.training
+        self.rng = get_rng_state()
+        return self
+
+    def __exit__(self, *exc):
+        self.model.load_state_dict(self.weights)
+        self.optimizer.load_state_dict(self.optimizer_state)  # also drops keys the test added (base_lr)
+        self.model.train(self.training)
+        set_rng_state(self.rng)
+        return False
+
+
+def find_lr(model, optimizer, loader, ctx_or_settings, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+            num_steps: int = 100, plot_path=None, rule: str = DEFAULT_RULE) -> LRFinderResult:
+    """Run the range test on these pieces and return the result; model, optimiser and random state are
+    restored afterwards. ``ctx_or_settings``: the ``StepContext`` training uses, or a ``Config`` (then the
+    step is built from its device, precision, label smoothing, class weights and clipping, and the model
+    is moved to its device). ``plot_path``: also write the loss-against-rate figure there."""
+    if rule not in RULES:
+        raise ClassifierError(f"unknown suggestion rule '{rule}' (choices: {', '.join(RULES)})")
+    ctx = ctx_or_settings if isinstance(ctx_or_settings, StepContext) else \
+        step_context(ctx_or_settings, model, optimizer, loader)
+    ctx = copy.copy(ctx)
+    ctx.optimizer = optimizer
+    lrs = lr_schedule(start_lr, end_lr, num_steps)
+    with preserved_state(model, optimizer):
+        tried, losses, smoothed, diverged = range_test(model, optimizer, loader, ctx, lrs)
+    picks = suggest(tried, smoothed, diverged)
+    result = LRFinderResult(tried, losses, smoothed, picks[rule], rule, tried[-1] if diverged else None, picks)
+    if plot_path:
+        from classifier.report.plots import plot_lr_finder
+
+        result.plot_path = plot_lr_finder(plot_path, result)
+    return result
+
+
+def step_context(cfg, model, optimizer, loader) -> StepContext:
+    """The training step's settings from a config (what the trainer passes to ``train_one_epoch``)."""
+    device = select_device(cfg.device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    weights = None
+    if cfg.class_weights == "auto":
+        from classifier.data.loaders import inverse_class_frequency
+
+        weights = torch.tensor(inverse_class_frequency(loader.samples.labels, model.num_classes),
+                               dtype=torch.float32, device=device)
+    return StepContext(optimizer, device, amp_dtype(cfg.amp, device), cfg.label_smoothing, cfg.grad_clip,
+                       cfg.channels_last, class_weights=weights)
+
+
+def find_lr_for_config(cfg, *, plot_path=None, **options) -> LRFinderResult:
+    """The range test on what ``fit(cfg)`` would train (data, model and weights, mode, optimiser and its
+    groups), built in a temporary run folder that is deleted afterwards; nothing else is written.
+
+    The one place that builds a run's pieces for the finder: to be moved onto the API's run builder.
+    """
+    from classifier.engine import setup
+    from classifier.engine.optim import build_optimizer
+    from classifier.engine.runtime import Dist, seed_everything
+
+    caller_rng = get_rng_state()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)  # the same initial weights and batches as the training run
+    try:
+        with tempfile.TemporaryDirectory(prefix="lr_find-") as run_dir:
+            data = setup.prepare_data(cfg, Path(run_dir), Dist())
+            model, _ = setup.prepare_model(cfg, data)
+            optimizer = build_optimizer(setup.optimizer_groups(model, cfg), cfg)
+            return find_lr(model, optimizer, data.loaders["train"], cfg, plot_path=plot_path, **options)
+    finally:
+        set_rng_state(caller_rng)
