@@ -23,10 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.data.loaders import inverse_class_frequency
+from classifier.engine import setup
 from classifier.engine.loop import StepContext, training_step
-from classifier.engine.optim import set_lr
-from classifier.engine.runtime import amp_dtype, get_rng_state, select_device, set_rng_state
+from classifier.engine.optim import build_optimizer, set_lr
+from classifier.engine.runtime import Dist, amp_dtype, get_rng_state, seed_everything, select_device, set_rng_state
 from classifier.errors import ClassifierError
+from classifier.report.plots import plot_lr_finder
 
 SMOOTHING = 0.98  # exponential moving average of the loss, debiased (fastai's Recorder)
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum
@@ -184,8 +187,6 @@ def find_lr(model, optimizer, loader, ctx_or_settings, *, start_lr: float = 1e-7
     picks = suggest(tried, smoothed, diverged)
     result = LRFinderResult(tried, losses, smoothed, picks[rule], rule, tried[-1] if diverged else None, picks)
     if plot_path:
-        from classifier.report.plots import plot_lr_finder
-
         result.plot_path = plot_lr_finder(plot_path, result)
     return result
 
@@ -198,8 +199,6 @@ def step_context(cfg, model, optimizer, loader) -> StepContext:
         model.to(memory_format=torch.channels_last)
     weights = None
     if cfg.class_weights == "auto":
-        from classifier.data.loaders import inverse_class_frequency
-
         weights = torch.tensor(inverse_class_frequency(loader.samples.labels, model.num_classes),
                                dtype=torch.float32, device=device)
     return StepContext(optimizer, device, amp_dtype(cfg.amp, device), cfg.label_smoothing, cfg.grad_clip,
@@ -212,10 +211,6 @@ def find_lr_for_config(cfg, *, plot_path=None, **options) -> LRFinderResult:
 
     The one place that builds a run's pieces for the finder: to be moved onto the API's run builder.
     """
-    from classifier.engine import setup
-    from classifier.engine.optim import build_optimizer
-    from classifier.engine.runtime import Dist, seed_everything
-
     caller_rng = get_rng_state()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
