@@ -10,11 +10,13 @@ rule's suggestion, and the table gives each run's validation accuracy after its 
 figures, not timings; one seed, so differences under about a point are noise).
 
 Tasks (small, to stay within minutes on two CPU cores):
-  fmnist    the custom resnet (width 8: 176k parameters) from scratch on Fashion-MNIST, 300 training images per class, 3 epochs.
+  fmnist    the custom resnet (width 8: 176k parameters) from scratch on Fashion-MNIST, 300 training
+            images per class, 3 epochs.
   transfer  like bench/experiments/transfer.yaml, smaller: the custom resnet pretrained on classes 0-4
             (600 images per class, 3 epochs), then fine-tuned on classes 5-9 from 100 images per class
             (new head, backbone at 0.1x the learning rate, 6 epochs, batch 32).
-One thread: the machine is shared. Validation: 1,000 images of the official training set (100 per class of the task's classes; never test).
+One thread: the machine is shared. Validation: 1,000 images of the official training set (100 per class
+of the task's classes; never the test split).
 Finished runs (summary.json in OUT) are reused, so an interrupted bench continues.
 """
 from __future__ import annotations
@@ -27,13 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import classifier  # noqa: E402
 from classifier.config import make_config  # noqa: E402
 from classifier.engine.lr_finder import find_lr_for_config  # noqa: E402
-from classifier.engine.trainer import fit  # noqa: E402
 
 SWEEP = (0.003, 0.01, 0.03, 0.1, 0.3)  # SGD learning rates of the head; default 0.05
-COMMON = dict(dataset="fashion_mnist", optimizer="sgd", val_fraction=1 / 60, progress=False, tensorboard=False,
-              eval_test=False, exist_ok=True, seed=0, threads=1, extra={"width": 8})
+COMMON = dict(dataset="fashion_mnist", optimizer="sgd", val_fraction=1 / 60, progress=False,
+              tensorboard=False, eval_test=False, exist_ok=True, seed=0, threads=1, extra={"width": 8})
 TASKS = {
     "fmnist": dict(model="resnet", max_per_class=300, epochs=3, batch_size=64),
     "transfer": dict(model="resnet", classes="5,6,7,8,9", max_per_class=100, epochs=6, batch_size=32,
@@ -46,7 +48,7 @@ def train(out: Path, name: str, settings: dict) -> float:
     """Validation accuracy after the last epoch of the run ``name`` (trained now unless already finished)."""
     run = out / name
     if not (run / "summary.json").is_file():
-        fit(make_config({**COMMON, **settings, "project": str(out), "name": name}))
+        classifier.train(**COMMON, **settings, project=str(out), name=name)
     rows = list(csv.DictReader((run / "history.csv").open()))
     return float(rows[-1]["val_acc"])
 
@@ -65,7 +67,8 @@ def measure(task: str, out: Path) -> dict:
     picks = {rule: float(f"{lr:.2g}") for rule, lr in result.suggestions.items()}
     print(f"{task}: range test {len(result.lrs)} steps, diverged at {result.divergence_lr}; picks {picks}",
           flush=True)
-    accuracy = {lr: train(out, f"{task}-lr{lr:g}", {**settings, "lr": lr}) for lr in sorted({*SWEEP, *picks.values()})}
+    lrs = sorted({*SWEEP, *picks.values()})
+    accuracy = {lr: train(out, f"{task}-lr{lr:g}", {**settings, "lr": lr}) for lr in lrs}
     return {"picks": picks, "accuracy": accuracy, "divergence_lr": result.divergence_lr}
 
 

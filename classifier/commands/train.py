@@ -8,6 +8,7 @@ import sys
 from classifier import api
 from classifier.commands import cli_entry
 from classifier.config import add_config_arguments, given_values, make_config
+from classifier.engine.lr_finder import find_lr_for_config
 from classifier.models import list_models, model_entry
 
 
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="check --dataset (class counts, image modes and sizes, unreadable files, duplicates "
                              "across train/val/test; optionally write the full report to JSON) and exit")
     parser.add_argument("--find-lr", metavar="PNG", nargs="?", const="",
-                        help="learning-rate range test on this run's data, model and optimiser: print the suggested "
-                             "--lr and the command that uses it, plot loss against lr to PNG (default: "
+                        help="learning-rate range test on this run's data, model and optimiser: print the "
+                             "suggested --lr and the command that uses it, plot loss against lr to PNG (default: "
                              "MODEL-DATASET-lr_find.png) and exit; nothing is trained")
     add_config_arguments(parser)
     return parser
@@ -52,8 +53,6 @@ def list_models_text(pattern: str) -> str:
 
 def find_lr(cfg, plot_path: str | None, argv: list[str]) -> float:
     """``--find-lr``: the range test, its suggestion and the train command that uses it."""
-    from classifier.engine.lr_finder import find_lr_for_config
-
     dataset = cfg.dataset.split(":")[-1].strip("/").replace("/", "_")
     result = find_lr_for_config(cfg, plot_path=plot_path or f"{cfg.model.replace('/', '_')}-{dataset}-lr_find.png")
     lr = float(f"{result.suggestion:.2g}")

@@ -15,6 +15,7 @@ lowest smoothed loss).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -24,10 +25,10 @@ import numpy as np
 import torch
 
 from classifier.data.loaders import inverse_class_frequency
-from classifier.engine import setup
+from classifier.engine.build import build_run
 from classifier.engine.loop import StepContext, training_step
-from classifier.engine.optim import build_optimizer, set_lr
-from classifier.engine.runtime import Dist, amp_dtype, get_rng_state, seed_everything, select_device, set_rng_state
+from classifier.engine.optim import set_lr
+from classifier.engine.runtime import amp_dtype, get_rng_state, select_device, set_rng_state
 from classifier.errors import ClassifierError
 from classifier.report.plots import plot_lr_finder
 
@@ -206,20 +207,11 @@ def step_context(cfg, model, optimizer, loader) -> StepContext:
 
 
 def find_lr_for_config(cfg, *, plot_path=None, **options) -> LRFinderResult:
-    """The range test on what ``fit(cfg)`` would train (data, model and weights, mode, optimiser and its
-    groups), built in a temporary run folder that is deleted afterwards; nothing else is written.
-
-    The one place that builds a run's pieces for the finder: to be moved onto the API's run builder.
-    """
-    caller_rng = get_rng_state()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)  # the same initial weights and batches as the training run
-    try:
-        with tempfile.TemporaryDirectory(prefix="lr_find-") as run_dir:
-            data = setup.prepare_data(cfg, Path(run_dir), Dist())
-            model, _ = setup.prepare_model(cfg, data)
-            optimizer = build_optimizer(setup.optimizer_groups(model, cfg), cfg)
-            return find_lr(model, optimizer, data.loaders["train"], cfg, plot_path=plot_path, **options)
-    finally:
-        set_rng_state(caller_rng)
+    """The range test on what training ``cfg`` would train (data, model and weights, mode, optimiser and its
+    groups), built by ``build_run`` in a temporary run folder that is deleted afterwards: nothing else is
+    written. Like ``build_run`` it seeds the random generators and may set the thread count (the API
+    restores them)."""
+    with tempfile.TemporaryDirectory(prefix="lr_find-") as folder:
+        run = build_run(dataclasses.replace(cfg, project=folder, name="lr_find", exist_ok=True))
+        return find_lr(run.raw_model, run.optimizer, run.data.loaders["train"], run.cfg, plot_path=plot_path,
+                       **options)
