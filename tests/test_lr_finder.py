@@ -11,7 +11,7 @@ from torch import nn
 
 from classifier.commands.train import main as train_main, train_command_with_lr
 from classifier.engine.loop import StepContext, training_step
-from classifier.engine.lr_finder import find_lr, steepest_index, suggest, valley_index
+from classifier.engine.lr_finder import find_lr, has_diverged, steepest_index, suggest, valley_index
 from classifier.models import create_model, param_groups
 
 FAST = ["--batch-size", "16", "--progress", "false", "--amp", "off", "--workers", "0"]
@@ -137,6 +137,16 @@ def test_rules_on_made_up_curves():
     assert steepest_index(lrs, curve) in (11, 12)  # the pitfall: the steepest slope is the spike
     picks = suggest(lrs[:90], curve[:90], diverged=True)
     assert all(lr < lrs[89] for lr in picks.values())
+
+
+def test_divergence_is_four_times_the_minimum_or_worse_than_at_the_start():
+    falling = list(np.linspace(2.4, 0.5, 40))
+    assert not has_diverged(falling, settle_steps=10)
+    assert has_diverged(falling + [2.1], settle_steps=10)  # 4.2x the minimum
+    noisy_start = [2.3, 2.45, 2.35, 2.4, 2.3, 2.3, 2.28, 2.3]
+    assert not has_diverged(noisy_start + [2.2, 2.0, 2.4], settle_steps=5)  # not above the start's highest
+    assert has_diverged(noisy_start + [2.2, 2.0, 2.5], settle_steps=5)  # worse than when the test began
+    assert not has_diverged(noisy_start[:4], settle_steps=5)  # the start is still settling
 
 
 def test_cli_prints_the_suggestion_the_plot_and_the_command(tmp_path, tiny_folder, capsys):
