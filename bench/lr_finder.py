@@ -12,6 +12,7 @@ figures, not timings; one seed, so differences under about a point are noise).
 Tasks (small, to stay within minutes on two CPU cores):
   fmnist    the custom resnet (width 8: 176k parameters) from scratch on Fashion-MNIST, 300 training
             images per class, 3 epochs.
+  fmnist-lenet5  the same with LeNet-5 (no BatchNorm).
   transfer  like bench/experiments/transfer.yaml, smaller: the custom resnet pretrained on classes 0-4
             (600 images per class, 3 epochs), then fine-tuned on classes 5-9 from 100 images per class
             (new head, backbone at 0.1x the learning rate, 6 epochs, batch 32).
@@ -35,13 +36,15 @@ from classifier.engine.lr_finder import find_lr_for_config  # noqa: E402
 
 SWEEP = (0.003, 0.01, 0.03, 0.1, 0.3)  # SGD learning rates of the head; default 0.05
 COMMON = dict(dataset="fashion_mnist", optimizer="sgd", val_fraction=1 / 60, progress=False,
-              tensorboard=False, eval_test=False, exist_ok=True, seed=0, threads=1, extra={"width": 8})
+              tensorboard=False, eval_test=False, exist_ok=True, seed=0, threads=1)
+SMALL_RESNET = dict(model="resnet", extra={"width": 8})  # 176k parameters
 TASKS = {
-    "fmnist": dict(model="resnet", max_per_class=300, epochs=3, batch_size=64),
-    "transfer": dict(model="resnet", classes="5,6,7,8,9", max_per_class=100, epochs=6, batch_size=32,
+    "fmnist": dict(**SMALL_RESNET, max_per_class=300, epochs=3, batch_size=64),
+    "fmnist-lenet5": dict(model="lenet5", max_per_class=300, epochs=3, batch_size=64),
+    "transfer": dict(**SMALL_RESNET, classes="5,6,7,8,9", max_per_class=100, epochs=6, batch_size=32,
                      mode="finetune", backbone_lr_mult=0.1),
 }
-PRETRAIN = dict(model="resnet", classes="0,1,2,3,4", max_per_class=600, epochs=3, batch_size=64, lr=0.05)
+PRETRAIN = dict(**SMALL_RESNET, classes="0,1,2,3,4", max_per_class=600, epochs=3, batch_size=64, lr=0.05)
 
 
 def train(out: Path, name: str, settings: dict) -> float:
