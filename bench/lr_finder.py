@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import classifier  # noqa: E402
 from classifier.config import make_config  # noqa: E402
 from classifier.engine.lr_finder import find_lr_for_config  # noqa: E402
+from classifier.errors import ClassifierError  # noqa: E402
 
 SWEEP = (0.003, 0.01, 0.03, 0.1, 0.3)  # SGD learning rates of the head; default 0.05
 COMMON = dict(dataset="fashion_mnist", optimizer="sgd", val_fraction=1 / 60, progress=False,
@@ -51,7 +53,11 @@ def train(out: Path, name: str, settings: dict) -> float:
     """Validation accuracy after the last epoch of the run ``name`` (trained now unless already finished)."""
     run = out / name
     if not (run / "summary.json").is_file():
-        classifier.train(**COMMON, **settings, project=str(out), name=name)
+        try:
+            classifier.train(**COMMON, **settings, project=str(out), name=name)
+        except ClassifierError as err:  # e.g. the loss became NaN: that learning rate is too high
+            print(f"{name}: {err}", flush=True)
+            return float("nan")
     rows = list(csv.DictReader((run / "history.csv").open()))
     return float(rows[-1]["val_acc"])
 
@@ -75,16 +81,20 @@ def measure(task: str, out: Path) -> dict:
     return {"picks": picks, "accuracy": accuracy, "divergence_lr": result.divergence_lr}
 
 
+def percent(accuracy: float) -> str:
+    return "NaN loss" if math.isnan(accuracy) else f"{accuracy:.1%}"
+
+
 def table(results: dict) -> str:
     lines = ["| task | sweep: lr -> val acc | best of sweep | " + " | ".join(
         f"{rule} (val acc)" for rule in next(iter(results.values()))["picks"]) + " |"]
     lines.append("|" + "---|" * (3 + len(next(iter(results.values()))["picks"])))
     for task, r in results.items():
         acc = r["accuracy"]
-        sweep = ", ".join(f"{lr:g}: {acc[lr]:.1%}" for lr in SWEEP)
-        best = max(SWEEP, key=acc.get)
-        picks = " | ".join(f"{lr:g} ({acc[lr]:.1%})" for lr in r["picks"].values())
-        lines.append(f"| {task} | {sweep} | {best:g} ({acc[best]:.1%}) | {picks} |")
+        sweep = ", ".join(f"{lr:g}: {percent(acc[lr])}" for lr in SWEEP)
+        best = max(SWEEP, key=lambda lr: -1 if math.isnan(acc[lr]) else acc[lr])
+        picks = " | ".join(f"{lr:g} ({percent(acc[lr])})" for lr in r["picks"].values())
+        lines.append(f"| {task} | {sweep} | {best:g} ({percent(acc[best])}) | {picks} |")
     return "\n".join(lines)
 
 

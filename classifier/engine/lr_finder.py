@@ -110,14 +110,16 @@ RULES = {
 
 
 def suggest(lrs, smoothed, diverged: bool) -> dict:
-    """Each rule's rate, taken among the steps before divergence, without the first tenth of the range and
-    the last 5 steps (fastai's trim: the start is noise, the end is where the loss turns)."""
+    """Each rule's rate, among the steps before divergence, without the first tenth of the range (fastai's
+    trim: noise) and without what follows the lowest smoothed loss (where the loss has turned: a loss that
+    exploded and is coming down again falls steeply, and the steepest rule would take that)."""
     lrs, smoothed = np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float)
     usable = len(lrs) - 1 if diverged else len(lrs)  # the diverging step is no candidate
     if usable < 1:
         raise ClassifierError(f"the loss diverged at the first step (lr {lrs[0]:g}): lower start_lr")
-    first, last = len(lrs) // 10, usable - 5
-    if last - first < 3:  # too short to trim: keep every usable step
+    first = len(lrs) // 10 if usable - len(lrs) // 10 >= 3 else 0
+    last = first + int(np.argmin(smoothed[first:usable])) + 1
+    if last - first < 3:  # the loss only rose: keep every usable step
         first, last = 0, usable
     lrs, smoothed = lrs[first:last], smoothed[first:last]
     return {name: float(lrs[rule(lrs, smoothed)]) for name, rule in RULES.items()}
