@@ -11,7 +11,8 @@ from torch import nn
 
 from classifier.commands.train import main as train_main, train_command_with_lr
 from classifier.engine.loop import StepContext, training_step
-from classifier.engine.lr_finder import find_lr, has_diverged, steepest_index, suggest, valley_index
+from classifier.engine.lr_finder import (capped_steepest_index, find_lr, has_diverged, steepest_index, suggest,
+                                         valley_index)
 from classifier.models import create_model, param_groups
 
 FAST = ["--batch-size", "16", "--progress", "false", "--amp", "off", "--workers", "0"]
@@ -91,7 +92,7 @@ def test_suggestion_is_inside_the_range_below_divergence_and_trains_well():
     result = find_lr(model, optimizer, batches, context(optimizer), start_lr=1e-6, end_lr=100.0, num_steps=100)
     assert result.divergence_lr is not None and result.divergence_lr == result.lrs[-1]
     assert len(result.lrs) < 100  # stopped early
-    assert result.rule == "steepest" and result.suggestion == result.suggestions["steepest"]
+    assert result.rule == "capped" and result.suggestion == result.suggestions["capped"]
     for lr in result.suggestions.values():
         assert 1e-6 <= lr < result.divergence_lr
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -137,6 +138,15 @@ def test_rules_on_made_up_curves():
     assert steepest_index(lrs, curve) in (11, 12)  # the pitfall: the steepest slope is the spike
     picks = suggest(lrs[:90], curve[:90], diverged=True)
     assert all(lr < lrs[89] for lr in picks.values())
+
+
+def test_capped_rule_stays_a_factor_3_below_the_lowest_loss():
+    lrs = np.geomspace(1e-4, 1, 41)  # 10 steps per decade
+    late_drop = np.concatenate([np.full(36, 2.3), [2.25, 2.15, 2.0, 1.8, 1.7]])  # falls fastest at its end
+    assert steepest_index(lrs, late_drop) >= 38
+    assert lrs[capped_steepest_index(lrs, late_drop)] == pytest.approx(lrs[40] / 3, rel=0.15)
+    early_drop = np.concatenate([np.linspace(2.3, 1.0, 20), np.linspace(1.0, 0.9, 21)])
+    assert capped_steepest_index(lrs, early_drop) == steepest_index(lrs, early_drop) < 20
 
 
 def test_divergence_is_four_times_the_minimum_or_worse_than_at_the_start():
