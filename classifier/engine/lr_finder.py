@@ -10,9 +10,9 @@ Suggestion rule: ``capped``, the steepest descent of the smoothed loss against l
 third of the rate at the lowest smoothed loss. Chosen by measurement (bench/lr_finder.py, table in the
 README): on three short SGD tasks (a small resnet and LeNet-5 from scratch on Fashion-MNIST, a 0-4 -> 5-9
 fine-tune) runs at its picks came within 2.0 and 3.6 points of the best of a 5-value sweep (and 2.4 points
-above it on LeNet-5). Plain ``steepest`` was as good on the two BatchNorm nets but picked the edge of
-the explosion on LeNet-5 (lr 0.29: the loss became NaN); fastai's ``valley`` (the longest falling stretch)
-picked 4-130x too low and lost 10-33 points; ``minimum`` (a tenth of the lowest loss's rate) lost 13 on
+above it on LeNet-5). Plain ``steepest`` was as good on the two BatchNorm nets but picked the edge
+of the explosion on LeNet-5 (lr 0.29: it stayed at chance); fastai's ``valley`` (the longest falling
+stretch) picked 4-130x too low and lost 10-33 points; ``minimum`` (a tenth of the lowest loss's rate) lost 13 on
 the BatchNorm nets. The cap was added after seeing that failure, on the same tasks (no held-out task).
 Every rule only looks before the lowest smoothed loss and after the first tenth of the test (noise).
 """
