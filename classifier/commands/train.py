@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from classifier import api
 from classifier.commands import cli_entry
 from classifier.config import add_config_arguments, given_values, make_config
+from classifier.engine.lr_finder import find_lr_for_config
 from classifier.models import list_models, model_entry
 
 
@@ -28,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-data", metavar="JSON", nargs="?", const="",
                         help="check --dataset (class counts, image modes and sizes, unreadable files, duplicates "
                              "across train/val/test; optionally write the full report to JSON) and exit")
+    parser.add_argument("--find-lr", metavar="PNG", nargs="?", const="",
+                        help="learning-rate range test on this run's data, model and optimiser: print the "
+                             "suggested --lr and the command that uses it, plot loss against lr to PNG (default: "
+                             "MODEL-DATASET-lr_find.png) and exit; nothing is trained")
     add_config_arguments(parser)
     return parser
 
@@ -44,13 +51,45 @@ def list_models_text(pattern: str) -> str:
     return "\n".join(lines)
 
 
+def find_lr(cfg, plot_path: str | None, argv: list[str]) -> float:
+    """``--find-lr``: the range test, its suggestion and the train command that uses it."""
+    dataset = cfg.dataset.split(":")[-1].strip("/").replace("/", "_")
+    result = find_lr_for_config(cfg, plot_path=plot_path or f"{cfg.model.replace('/', '_')}-{dataset}-lr_find.png")
+    lr = float(f"{result.suggestion:.2g}")
+    print(f"range test: {len(result.lrs)} steps, lr {result.lrs[0]:.2g} to {result.lrs[-1]:.2g}"
+          + (f", diverged at {result.divergence_lr:.2g}" if result.divergence_lr else ", no divergence")
+          + "; rules: " + ", ".join(f"{name} {v:.2g}" for name, v in result.suggestions.items()))
+    print(f"suggested lr: {lr:g} ({result.rule} rule)")
+    print(f"plot: {result.plot_path}")
+    print(f"train with it: {train_command_with_lr(argv, lr)}")
+    return lr
+
+
+def train_command_with_lr(argv: list[str], lr: float) -> str:
+    """The train.py command of ``argv`` without --find-lr (and its PNG) and with ``--lr lr``."""
+    kept, i = [], 0
+    while i < len(argv):
+        name, has_value = argv[i].split("=", 1)[0], "=" in argv[i]
+        if name == "--lr":
+            i += 1 if has_value else 2
+        elif name == "--find-lr":
+            i += 1 if has_value or i + 1 == len(argv) or argv[i + 1].startswith("-") else 2
+        else:
+            kept.append(argv[i])
+            i += 1
+    return shlex.join(["python", "train.py", *kept, "--lr", f"{lr:g}"])
+
+
 @cli_entry
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.list_models:
         print(list_models_text(args.list_models))
         return None
     given = given_values(args)
+    if args.find_lr is not None:
+        return find_lr(make_config(given), args.find_lr or None, argv)
     if args.visualize or args.check_data is not None:
         settings = {k: v for k, v in make_config(given).to_dict().items() if k in given or k == "dataset"}
         dataset = settings.pop("dataset")

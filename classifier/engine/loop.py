@@ -64,6 +64,28 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_l
     return x, y.to(device, non_blocking=True)
 
 
+def training_step(model, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
+    """One optimiser step on a batch, as training takes it (device, autocast, weighted and smoothed loss,
+    gradient clipping); shared by ``train_one_epoch`` and the learning-rate finder.
+
+    Returns (loss value, logits, labels on the device). A non-finite loss takes no step: the caller decides
+    (training stops with an error, the finder ends its range test).
+    """
+    x, y = to_device(x, y, ctx.device, ctx.channels_last)
+    with autocast(ctx.device, ctx.amp_dtype):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=ctx.class_weights, label_smoothing=ctx.label_smoothing)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value, logits, y
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if ctx.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip)
+    ctx.optimizer.step()
+    return value, logits, y
+
+
 def train_one_epoch(model, loader, ctx: StepContext, *, step: int, start_batch: int = 0,
                     sums: EpochSums | None = None) -> tuple[EpochSums, int]:
     """Train over ``loader`` from batch ``start_batch``; returns the epoch totals and the new step count.
@@ -77,22 +99,14 @@ def train_one_epoch(model, loader, ctx: StepContext, *, step: int, start_batch: 
                disable=not ctx.show_progress, mininterval=1.0, dynamic_ncols=True)
     started = time.perf_counter()
     for batch_index, (x, y) in enumerate(bar, start=start_batch):
-        x, y = to_device(x, y, ctx.device, ctx.channels_last)
         if ctx.lr_at is not None:
             ctx.lr_at(step)
-        with autocast(ctx.device, ctx.amp_dtype):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=ctx.class_weights, label_smoothing=ctx.label_smoothing)
-        if not math.isfinite(loss.item()):
-            raise ClassifierError(f"loss became {loss.item()} at step {step + 1} (epoch batch {batch_index}); "
+        loss, logits, y = training_step(model, x, y, ctx)
+        if not math.isfinite(loss):
+            raise ClassifierError(f"loss became {loss} at step {step + 1} (epoch batch {batch_index}); "
                                   "training stopped, the last good checkpoint is kept")
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if ctx.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip)
-        ctx.optimizer.step()
         step += 1
-        sums.add(loss.item(), (logits.argmax(1) == y).sum().item(), y.numel())
+        sums.add(loss, (logits.argmax(1) == y).sum().item(), y.numel())
         sums.seconds += time.perf_counter() - started
         started = time.perf_counter()
         if ctx.show_progress:

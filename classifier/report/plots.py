@@ -402,3 +402,36 @@ def learning_curves_figure(history: list[dict]) -> Figure:
 
 def plot_learning_curves(path, history: list[dict]) -> Path:
     return save_figure(learning_curves_figure(history), path)
+
+
+def lr_finder_figure(result) -> Figure:
+    """Loss against learning rate (log scale) of a range test (``engine.lr_finder.LRFinderResult``): each
+    step's loss faint, the smoothed loss bold, every rule's pick marked and the chosen one labelled."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    finite = [(lr, raw, s) for lr, raw, s in zip(result.lrs, result.losses, result.smoothed)
+              if math.isfinite(raw) and math.isfinite(s)]
+    lrs, raw, smoothed = (list(v) for v in zip(*finite)) if finite else ([], [], [])
+    ax.plot(lrs, raw, color=COLORS["train"], alpha=0.3, linewidth=1, label="loss per step")
+    ax.plot(lrs, smoothed, color=COLORS["train"], linewidth=2, label="smoothed loss")
+    if smoothed:  # the diverging end would flatten everything else
+        low, high = min(min(raw), min(smoothed)), smoothed[0]
+        ax.set_ylim(low - 0.05 * (high - low), max(smoothed[:max(1, len(smoothed) - 1)]) + 0.1 * (high - low))
+    for name, lr in result.suggestions.items():
+        chosen = name == result.rule
+        ax.axvline(lr, color=WRONG if chosen else "gray", linestyle="-" if chosen else ":",
+                   linewidth=1.5 if chosen else 1, label=f"{name}: {lr:.2g}" + (" (suggested)" if chosen else ""))
+    if result.divergence_lr:
+        ax.axvline(result.divergence_lr, color="black", linestyle="--", linewidth=1,
+                   label=f"diverged at {result.divergence_lr:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (head)")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"Learning-rate range test: suggested lr {result.suggestion:.3g} ({result.rule})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_lr_finder(path, result) -> Path:
+    return save_figure(lr_finder_figure(result), path)
