@@ -9,10 +9,10 @@
 
 See classifier/api.py for the whole surface.
 """
-from classifier.api import (EvalReport, Model, Prediction, Predictions, TrainResult, check_data, list_models, load,
-                            show_dataset, train)
+from classifier.api import (EvalReport, Model, Prediction, Predictions, TrainResult, check_data, find_lr,
+                            list_models, load, show_dataset, train)
 from classifier.errors import ClassifierError
 from classifier.version import __version__
 
-__all__ = ["train", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
+__all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
            "TrainResult", "EvalReport", "ClassifierError", "__version__"]

@@ -31,16 +31,18 @@ from classifier.data.arrays import arrays_dataset, as_uint8_images
 from classifier.data.check import run_check
 from classifier.data.datasets import labelled_folder
 from classifier.data.images import pil_to_array
+from classifier.engine.lr_finder import LRFinderResult, find_lr_for_config
 from classifier.engine.trainer import fit
 from classifier.errors import ClassifierError
 from classifier.evaluation import evaluate_and_report, images_to_uint8_batch
 from classifier.export.from_checkpoint import ExportOptions, export_checkpoint
+from classifier.export.web import export_web_checkpoint
 from classifier.inference import CHECKPOINT_SUFFIXES, Predictor
 from classifier.models import list_models as _registry_list_models
 from classifier.report.plots import plot_dataset_grid, plot_predictions_grid
 from classifier.report.writer import prediction_rows, write_predictions_csv
 
-__all__ = ["train", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
+__all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
            "TrainResult", "EvalReport"]
 GRID_IMAGES = 48  # images shown in predictions.png
 
@@ -83,6 +85,18 @@ def train(config: str | Path | None = None, *, resume: str | Path | None = None,
     with global_state_restored():
         run = fit(cfg, given=given, resume=resume, arrays=arrays, callbacks=callbacks)
     return TrainResult(Path(run.dir), run.summary or {}, list(run.state.history), run.cfg, run)
+
+
+def find_lr(config: str | Path | None = None, *, plot: str | Path | None = None, **settings) -> LRFinderResult:
+    """The learning-rate range test on what ``train(**settings)`` would train (its data, model, mode,
+    optimiser and parameter groups): ``.suggestion`` (a number), ``.rule``, ``.lrs``, ``.losses``; ``plot``
+    writes loss against learning rate with the suggestion marked. Writes no run folder; the global state
+    (random generators, threads) is put back afterwards, as by ``train``."""
+    values = load_yaml(config) if config else {}
+    values.update(settings)
+    cfg = make_config(with_recipe(values))
+    with global_state_restored():
+        return find_lr_for_config(cfg, plot_path=plot)
 
 
 @contextlib.contextmanager
@@ -305,6 +319,14 @@ class Model:
         except TypeError as err:
             raise ClassifierError(f"export: {err}") from None
         return export_checkpoint(self.path, opts)
+
+    def export_web(self, out_dir: str | Path | None = None, *, serve: bool = False, **options) -> Path:
+        """A static web page that classifies images in the browser (``export.py --web``): index.html, the
+        model(s), metadata.json and the ONNX Runtime Web files; options as ``export`` (e.g. quantize="int8").
+        ``serve``: serve it on localhost until interrupted. Returns the folder."""
+        if self.path.suffix not in CHECKPOINT_SUFFIXES:
+            raise ClassifierError(f"{self.path} is already an exported model: export its checkpoint (.pt)")
+        return export_web_checkpoint(self.path, out_dir or "", serve_page=serve, **options)
 
 
 def image_files(path: str | Path) -> list[Path]:

@@ -8,7 +8,6 @@ import sys
 from classifier import api
 from classifier.commands import cli_entry
 from classifier.config import add_config_arguments, given_values, make_config
-from classifier.engine.lr_finder import find_lr_for_config
 from classifier.models import list_models, model_entry
 
 
@@ -51,10 +50,11 @@ def list_models_text(pattern: str) -> str:
     return "\n".join(lines)
 
 
-def find_lr(cfg, plot_path: str | None, argv: list[str]) -> float:
+def find_lr(given: dict, plot_path: str | None, argv: list[str]) -> float:
     """``--find-lr``: the range test, its suggestion and the train command that uses it."""
+    cfg = make_config(given)
     dataset = cfg.dataset.split(":")[-1].strip("/").replace("/", "_")
-    result = find_lr_for_config(cfg, plot_path=plot_path or f"{cfg.model.replace('/', '_')}-{dataset}-lr_find.png")
+    result = api.find_lr(plot=plot_path or f"{cfg.model.replace('/', '_')}-{dataset}-lr_find.png", **given)
     lr = float(f"{result.suggestion:.2g}")
     print(f"range test: {len(result.lrs)} steps, lr {result.lrs[0]:.2g} to {result.lrs[-1]:.2g}"
           + (f", diverged at {result.divergence_lr:.2g}" if result.divergence_lr else ", no divergence")
@@ -89,7 +89,7 @@ def main(argv=None):
         return None
     given = given_values(args)
     if args.find_lr is not None:
-        return find_lr(make_config(given), args.find_lr or None, argv)
+        return find_lr(given, args.find_lr or None, argv)
     if args.visualize or args.check_data is not None:
         settings = {k: v for k, v in make_config(given).to_dict().items() if k in given or k == "dataset"}
         dataset = settings.pop("dataset")
