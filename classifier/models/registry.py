@@ -111,6 +111,29 @@ class ModelEntry:
     default_size: int  # input side it is designed for
     builder: Callable[..., Classifier] = field(repr=False, compare=False, default=None)
     description: str = ""
+    size_step: int = 1  # accepted sides are multiples of this (windowed or patch models)
+    max_size: int | None = None  # largest side it runs at (models built for one fixed size)
+
+    def accepted_sizes(self) -> str:
+        """The input sides this model accepts, in words: "28 up", "multiples of 32, from 32 up", "224 only"."""
+        if self.max_size == self.min_size:
+            return f"{self.min_size} only"
+        what = f"multiples of {self.size_step}, from {self.min_size}" if self.size_step > 1 else f"{self.min_size}"
+        return what + (f" to {self.max_size}" if self.max_size else " up")
+
+    def fit_size(self, side: int) -> int:
+        """The accepted side nearest to ``side`` (a dataset's native size raised or rounded to fit)."""
+        side = max(side, self.min_size)
+        side = -(-side // self.size_step) * self.size_step
+        return min(side, self.max_size) if self.max_size else side
+
+    def check_size(self, size: int) -> None:
+        """One-line ClassifierError when the model cannot run on ``size`` x ``size`` input."""
+        fits = (self.min_size <= size and (self.max_size is None or size <= self.max_size)
+                and size % self.size_step == 0)
+        if not fits:
+            raise ClassifierError(f"img_size={size} does not fit model '{self.name}': it accepts input sides of "
+                                  f"{self.accepted_sizes()}")
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
