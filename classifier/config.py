@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from classifier.errors import ClassifierError, unknown_choice
+from classifier.fileio import atomic_write_text
 
 MODES = ("scratch", "finetune", "feature-extract")
 MODE_ALIASES = {"transfer": "feature-extract", "feature_extract": "feature-extract", "fine-tune": "finetune"}
@@ -295,7 +296,7 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from classifier import api
 from classifier.commands import cli_entry
 from classifier.errors import ClassifierError
+from classifier.fileio import atomic_write_text
 from classifier.report.compare import compare_runs
 
 
@@ -52,7 +53,7 @@ def main(argv=None):
     if args.compare:
         table, _ = compare_runs(args.compare)
         if args.output:
-            Path(args.output).write_text(table + "\n")
+            atomic_write_text(args.output, table + "\n", "comparison")
             print(f"table written to {args.output}")
         print(table)
         return None

@@ -21,6 +21,7 @@ from classifier.engine import runtime
 from classifier.engine.callbacks import Callbacks
 from classifier.engine.optim import build_optimizer
 from classifier.errors import ClassifierError
+from classifier.fileio import make_output_dir
 from classifier.models import create_model, freeze_backbone, load_weights, model_entry, param_groups
 from classifier.preprocess import Preprocessing
 
@@ -163,7 +164,7 @@ def make_run_dir(cfg: Config, dist: runtime.Dist, *, latest: bool = False) -> Pa
             previous, path, n = path, base.with_name(f"{base.name}{n}"), n + 1
         if latest and previous is not None and not path.exists():
             path = previous
-        path.mkdir(parents=True, exist_ok=True)
+        make_output_dir(path, "run folder")
     if dist.enabled:
         shared = [str(path)]
         tdist.broadcast_object_list(shared, src=0)
