@@ -29,11 +29,18 @@ def write_error(what: str, path, err: OSError) -> ClassifierError:
     return ClassifierError(f"cannot write {what} {path}: {os_reason(err)}")
 
 
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+
+
 def make_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Create ``path`` (and its parents) and make sure files can be written in it; one-line error if not."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        _mkdir(path)
         with tempfile.TemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as err:
@@ -65,8 +72,8 @@ def atomic_target(path: str | os.PathLike, what: str = "file"):
     write (OSError, or torch's RuntimeError on a full disk) becomes a ClassifierError naming ``path``.
     """
     path = Path(path)
-    make_output_dir(path.parent, "folder")
     try:
+        _mkdir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise write_error(what, path, err) from None

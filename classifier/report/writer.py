@@ -115,15 +115,18 @@ def _summary_section(m: dict) -> list[str]:
     for key in ("best_class", "worst_class"):
         if m.get(key):
             rows.append([key.replace("_", " "), f"{m[key]['name']} (F1 {m[key]['f1']:.3f})"])
+    if m.get("no_samples"):
+        rows.append(["no samples (not ranked)", ", ".join(m["no_samples"])])
     return ["## Summary", "", *_table(["metric", "value"], rows, "lr"), ""]
 
 
 def _per_class_section(m: dict) -> list[str]:
     best = (m.get("best_class") or {}).get("name")
     worst = (m.get("worst_class") or {}).get("name")
+    absent = set(m.get("no_samples") or [])
     rows = []
     for name, c in m["per_class"].items():
-        mark = "**best**" if name == best else "**worst**" if name == worst else ""
+        mark = "**best**" if name == best else "**worst**" if name == worst else "no samples" if name in absent else ""
         rows.append([name, c["support"], _num(c["precision"]), _num(c["recall"]), _num(c["f1"]),
                      _num(c["specificity"]), c["TP"], c["FP"], c["FN"], mark])
     header = ["class", "support", "precision", "recall", "F1", "specificity", "TP", "FP", "FN", ""]
