@@ -231,7 +231,7 @@ def build_model(cfg: Config, data: RunData, *, pretrained_ok: bool = True):
     """
     imagenet = cfg.weights == "imagenet" and pretrained_ok
     model = create_model(cfg.model, num_classes=len(data.classes), in_chans=data.prep.channels,
-                         pretrained=imagenet, **(cfg.extra or {}))
+                         img_size=data.prep.size, pretrained=imagenet, **(cfg.extra or {}))
     note = "ImageNet weights" if imagenet else None
     if cfg.weights and cfg.weights != "imagenet" and pretrained_ok:
         note = str(load_weights(model, cfg.weights))
