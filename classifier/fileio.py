@@ -57,6 +57,12 @@ def writing(path: str | os.PathLike, what: str = "file"):
         raise write_error(what, path, err) from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _disk_full(folder: Path) -> bool:
     try:
         return shutil.disk_usage(folder).free < FULL_DISK_BYTES
@@ -82,6 +88,7 @@ def atomic_target(path: str | os.PathLike, what: str = "file"):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the modes of ordinary new files
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)

@@ -69,7 +69,7 @@ def test_unwritable_output_is_one_line_naming_path_and_reason(files, command, ca
 
 
 def test_the_library_raises_the_same_error(files):
-    with pytest.raises(ClassifierError, match=f"^cannot write to output folder /proc/nope: "):
+    with pytest.raises(ClassifierError, match="^cannot write to output folder /proc/nope: "):
         make_output_dir("/proc/nope")
     with pytest.raises(ClassifierError, match=f"^cannot write checkpoint {files}/blocker/x.pt: {NOT_A_DIR}$"):
         save_checkpoint({"epoch": 1}, files / "blocker" / "x.pt")

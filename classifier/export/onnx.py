@@ -163,14 +163,7 @@ def save_model(proto: onnx.ModelProto, path: Path) -> Path:
                             location=f"{path.name}.data")
         else:
             onnx.save_model(proto, str(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is meant to be shared
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @dataclass
