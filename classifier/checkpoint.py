@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from classifier.errors import ClassifierError
-from classifier.fileio import atomic_target
+from classifier.fileio import save_torch
 
 FORMAT = "classifier-checkpoint/1"
 
@@ -38,12 +38,10 @@ FORMAT = "classifier-checkpoint/1"
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write atomically: a temporary file in the same folder, fsync, then rename over the target.
 
-    A process killed mid-save leaves the previous checkpoint intact and loadable.
+    A process killed mid-save, or a full disk, leaves the previous checkpoint intact and loadable; a failed
+    write is a one-line ClassifierError naming the path and the system's reason.
     """
-    path = Path(path)
-    with atomic_target(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
-    return path
+    return save_torch({"format": FORMAT, **state}, path, "checkpoint")
 
 
 def load_state_file(path: str | os.PathLike) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from classifier.errors import ClassifierError, unknown_choice
+from classifier.fileio import atomic_write_text
 
 MODES = ("scratch", "finetune", "feature-extract")
 MODE_ALIASES = {"transfer": "feature-extract", "feature_extract": "feature-extract", "fine-tune": "finetune"}
@@ -28,62 +30,119 @@ RESUMABLE_KEYS = frozenset({"epochs", "device", "threads", "progress", "workers"
                             "tensorboard", "eval_test"})
 
 
+@dataclass(frozen=True)
+class Accepts:
+    """The values a config key accepts beyond its type: an interval, or names (a tuple, or a function
+    returning them when they are only known at run time). ``None`` is always accepted where the type allows it."""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | typing.Callable[[], typing.Iterable[str]] | None = None
+    aliases: dict | None = None  # other names for a choice, e.g. transfer -> feature-extract
+
+    def names(self) -> list[str] | None:
+        if self.choices is None:
+            return None
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def admits(self, value) -> bool:
+        if value is None:
+            return True
+        names = self.names()
+        if names is not None:
+            return not isinstance(value, str) or value in names  # lists (augment pipelines) are checked later
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        """What is accepted, e.g. "must be in [0, 1)", "must be >= 1"."""
+        low = (self.ge, "[") if self.ge is not None else (self.gt, "(") if self.gt is not None else None
+        high = (self.le, "]") if self.le is not None else (self.lt, ")") if self.lt is not None else None
+        if low and high:
+            return f"must be in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
+        if low:
+            return f"must be {'>=' if low[1] == '[' else '>'} {low[0]:g}"
+        return f"must be {'<=' if high[1] == ']' else '<'} {high[0]:g}"
+
+
+def key(default=None, *, factory=None, ge=None, gt=None, le=None, lt=None, choices=None, aliases=None):
+    """A Config field with its default and what it accepts (read back by ``validate``)."""
+    accepts = Accepts(ge=ge, gt=gt, le=le, lt=lt, choices=choices, aliases=aliases)
+    if factory is not None:
+        return field(default_factory=factory, metadata={"accepts": accepts})
+    return field(default=default, metadata={"accepts": accepts})
+
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def augment_presets() -> list[str]:
+    from classifier.data.augment import PRESETS  # imports torch: only when an augment name is checked
+
+    return list(PRESETS)
+
+
 @dataclass
 class Config:
     # --- what to train
-    recipe: str | None = None  # named defaults from classifier/recipes/NAME.yaml (e.g. fast); keys and flags override
+    recipe: str | None = key(choices=recipe_names)  # named defaults from classifier/recipes/NAME.yaml (e.g. fast)
     model: str = "resnet"  # registry name; `python train.py --list-models`
-    mode: str = "scratch"  # scratch | finetune | feature-extract (alias: transfer)
+    mode: str = key("scratch", choices=MODES, aliases=MODE_ALIASES)  # alias: transfer = feature-extract
     weights: str | None = None  # "imagenet" or a checkpoint/state-dict path (.pt/.pth/.safetensors)
     dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | eurosat | folder:PATH
     data_dir: str = "datasets"
     download: bool = True  # fetch missing data when online
     # --- data
-    img_size: int | None = None  # model input side; default: dataset native size (raised to the model minimum)
-    val_fraction: float = 0.1  # of the training set, stratified and seeded
-    test_fraction: float = 0.2  # only for datasets without an official test split
-    augment: typing.Any = None  # none | light | strong | list of albumentations steps; default per dataset
-    workers: int | None = None  # data-loading processes for streamed folders (default: min(4, cores))
-    classes: typing.Any = None  # keep only these classes (names or indices), relabelled in the given order
-    max_per_class: int = 0  # cap training images per class, seeded (0: all); e.g. few-shot transfer
-    sampler: str = "shuffle"  # shuffle | balanced: training draws every class equally often (with replacement)
+    img_size: int | None = key(ge=1)  # model input side; default: dataset native size (raised to the model minimum)
+    val_fraction: float = key(0.1, ge=0, lt=1)  # of the training set, stratified and seeded
+    test_fraction: float = key(0.2, ge=0, lt=1)  # only for datasets without an official test split
+    augment: str | list | None = key(choices=augment_presets)  # preset or albumentations steps; default per dataset
+    workers: int | None = key(ge=0)  # data-loading processes for streamed folders (default: min(4, cores))
+    classes: list | None = None  # keep only these classes (names or indices), relabelled in the given order
+    max_per_class: int = key(0, ge=0)  # cap training images per class, seeded (0: all); e.g. few-shot transfer
+    sampler: str = key("shuffle", choices=SAMPLERS)  # balanced: training draws every class equally often
     # --- optimisation
-    epochs: int = 10
-    batch_size: int = 128  # global: torchrun splits it evenly over the processes (lr is for this batch)
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float | None = None  # peak learning rate of the head; default per optimizer (sgd 0.05, adam(w) 1e-3)
-    momentum: float = 0.9  # sgd only (Nesterov)
-    weight_decay: float = 5e-4  # not applied to biases and norm parameters
-    scheduler: str = "cosine"  # cosine | onecycle | step | none (per optimiser step)
-    warmup_epochs: float = 0.0  # linear learning-rate warm-up
-    step_epochs: int = 0  # `step` schedule: x0.1 every N epochs (0: at 1/2 and 3/4 of training)
-    label_smoothing: float = 0.0
-    class_weights: str = "none"  # none | auto: training loss weights inversely proportional to class counts
-    head_warmup_epochs: int = 0  # finetune: train only the head for N epochs, then everything
-    backbone_lr_mult: float = 1.0  # finetune: backbone learning rate = lr * this (e.g. 0.1)
+    epochs: int = key(10, ge=1)
+    batch_size: int = key(128, ge=1)  # global: torchrun splits it evenly over the processes (lr is for this batch)
+    optimizer: str = key("sgd", choices=OPTIMIZERS)
+    lr: float | None = key(gt=0)  # peak learning rate of the head; default per optimizer (sgd 0.05, adam(w) 1e-3)
+    momentum: float = key(0.9, ge=0, lt=1)  # sgd only (Nesterov)
+    weight_decay: float = key(5e-4, ge=0)  # not applied to biases and norm parameters
+    scheduler: str = key("cosine", choices=SCHEDULERS)  # per optimiser step
+    warmup_epochs: float = key(0.0, ge=0)  # linear learning-rate warm-up
+    step_epochs: int = key(0, ge=0)  # `step` schedule: x0.1 every N epochs (0: at 1/2 and 3/4 of training)
+    label_smoothing: float = key(0.0, ge=0, lt=1)
+    class_weights: str = key("none", choices=("none", "auto"))  # auto: loss weights inversely prop. to class counts
+    head_warmup_epochs: int = key(0, ge=0)  # finetune: train only the head for N epochs, then everything
+    backbone_lr_mult: float = key(1.0, ge=0)  # finetune: backbone learning rate = lr * this (e.g. 0.1)
     freeze_bn: bool = False  # finetune: the backbone's BatchNorm keeps its pretrained statistics (scale/shift learn)
-    early_stopping: int = 0  # stop after N epochs without a lower validation loss (0: off)
-    grad_clip: float = 0.0  # max gradient norm (0: off)
+    early_stopping: int = key(0, ge=0)  # stop after N epochs without a lower validation loss (0: off)
+    grad_clip: float = key(0.0, ge=0)  # max gradient norm (0: off)
     # --- hardware
-    device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto | on | off: bf16 autocast on CPUs with native bf16, fp16/bf16 on CUDA
+    device: str = key("auto", choices=("auto", "cpu", "cuda"))
+    amp: str = key("auto", choices=("auto", "on", "off"))  # bf16 autocast on CPUs with native bf16, fp16/bf16 on CUDA
     channels_last: bool = True
     in_memory: bool = True  # data that fits in memory: one uint8 tensor, batched augmentation (off: stream)
     compile: bool = False  # torch.compile the model
-    threads: int | None = None  # torch intra-op threads (default: torch's choice)
+    threads: int | None = key(ge=1)  # torch intra-op threads (default: torch's choice)
     sync_bn: bool = False  # torchrun on GPUs: synchronise BatchNorm statistics across processes
     deterministic: bool = False  # deterministic algorithms (exact resume on CPU is exact anyway)
     # --- run bookkeeping
-    seed: int = 0
+    seed: int = key(0, ge=0)
     name: str | None = None  # run folder name under `project` (default: MODEL-DATASET, numbered)
     project: str = "runs"
     exist_ok: bool = False  # reuse runs/NAME instead of numbering a new folder
-    save_every: int = 0  # also save progress every N optimiser steps within an epoch (0: end of epoch only)
+    save_every: int = key(0, ge=0)  # also save progress every N optimiser steps within an epoch (0: end of epoch)
     tensorboard: bool = True
     progress: bool = True  # progress bar per epoch
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
     tta_flip: bool = False  # evaluation (val, test) averages the logits of each image and its mirror image
-    extra: dict = field(default_factory=dict)  # free-form model kwargs, e.g. {dropout: 0.2, width: 64}
+    extra: dict = key(factory=dict)  # free-form model kwargs, e.g. {dropout: 0.2, width: 64}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,47 +155,104 @@ class Config:
 FIELDS = {f.name: f for f in fields(Config)}
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _to_bool(value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.lower() in TRUE_WORDS
+    raise ValueError
+
+
+def _to_int(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _to_float(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError
+    return value
+
+
+def _to_str(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError
+    return str(value)
+
+
+def _of_type(kind):
+    def check(value):
+        if not isinstance(value, kind):
+            raise ValueError
+        return list(value) if kind is not dict else value
+
+    return check
+
+
+CONVERTERS = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str,
+              "list": _of_type((list, tuple)), "dict": _of_type(dict)}
+
+
+def key_types(name: str) -> tuple[list[str], bool]:
+    """The declared types of a key, in order (e.g. ["str", "list"]), and whether it may be None."""
+    kinds = [k.strip() for k in str(FIELDS[name].type).split("|")]
+    return [k for k in kinds if k != "None"], "None" in kinds
+
+
 def _coerce(name: str, value):
-    """Check and convert one value to its field's type; one-line error on a bad value."""
-    kind = FIELDS[name].type
+    """Check and convert one value to its key's type; one-line error on a bad value."""
+    kinds, optional = key_types(name)
     if name == "classes" and isinstance(value, str):  # the flag: --classes 5,6,7 or --classes Sandal,Bag
         return [c.strip() for c in value.strip("[]").split(",") if c.strip()]
-    if value is None or kind in ("typing.Any", typing.Any):
+    if value is None and optional:
         return value
-    base = str(kind).replace(" | None", "")
-    try:
-        if base == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if base == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if base == "float":
-            return float(value)
-        if base == "str":
-            return str(value)
-        if base == "dict":
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    raise ClassifierError(f"config value {name}={value!r} is not a valid {base}")
+    for kind in kinds:
+        try:
+            return CONVERTERS[kind](value)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    raise ClassifierError(f"config value {name}={value!r} is not a valid {' or '.join(kinds)}")
 
 
-def _check(cfg: Config) -> Config:
-    cfg.mode = MODE_ALIASES.get(cfg.mode, cfg.mode)
-    for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                          ("device", ("auto", "cpu", "cuda")), ("amp", ("auto", "on", "off")),
-                          ("sampler", SAMPLERS), ("class_weights", ("none", "auto"))):
-        if getattr(cfg, name) not in allowed:
-            raise ClassifierError(f"invalid {name} '{getattr(cfg, name)}' (choices: {', '.join(allowed)})")
+def _accepted(name: str, value):
+    """``value`` (an alias replaced by its name) if the key's declaration accepts it, else a one-line error."""
+    accepts = FIELDS[name].metadata.get("accepts")
+    if accepts is None:
+        return value
+    if accepts.aliases and isinstance(value, str):
+        value = accepts.aliases.get(value, value)
+    if accepts.admits(value):
+        return value
+    names = accepts.names()
+    if names is not None:
+        raise ClassifierError(f"invalid {name} '{value}' (choices: {', '.join(names)})")
+    raise ClassifierError(f"{name}={value!r} is out of range: {accepts.describe()}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every key against its declaration, then the rules that join keys; returns ``cfg``, converted.
+
+    The one check for flags, YAML files, recipes and the Python API (all reach it through ``make_config``).
+    """
+    for name in FIELDS:
+        setattr(cfg, name, _accepted(name, _coerce(name, getattr(cfg, name))))
+    _check_rules(cfg)
+    return cfg
+
+
+def _check_rules(cfg: Config) -> None:
+    """Rules across keys."""
     if cfg.mode != "scratch" and not cfg.weights:
         raise ClassifierError(f"--mode {cfg.mode} needs pretrained weights: --weights imagenet or --weights PATH")
     if cfg.mode == "scratch" and cfg.weights:
@@ -145,13 +261,15 @@ def _check(cfg: Config) -> Config:
     if cfg.freeze_bn and cfg.mode != "finetune":
         raise ClassifierError("--freeze-bn keeps pretrained BatchNorm statistics while fine-tuning: it needs "
                               "--mode finetune (feature-extract freezes them anyway)")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ClassifierError("epochs and batch_size must be at least 1")
-    if not 0.0 <= cfg.val_fraction < 1.0 or not 0.0 <= cfg.test_fraction < 1.0:
-        raise ClassifierError("val_fraction and test_fraction must be in [0, 1)")
-    if cfg.lr is not None and cfg.lr <= 0:
-        raise ClassifierError(f"lr must be positive, got {cfg.lr}")
-    return cfg
+
+
+def check_for_model(cfg: Config) -> None:
+    """The values that depend on the model (its accepted input sizes); run before any data is loaded."""
+    from classifier.models import model_entry  # imports torch and the builders; config stays light
+
+    entry = model_entry(cfg.model)
+    if cfg.img_size is not None:
+        entry.check_size(cfg.img_size)
 
 
 def make_config(values: dict) -> Config:
@@ -161,7 +279,7 @@ def make_config(values: dict) -> Config:
             close = difflib.get_close_matches(key, FIELDS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ClassifierError(f"unknown config key '{key}'{hint}")
-    return _check(Config(**{k: _coerce(k, v) for k, v in values.items()}))
+    return validate(Config(**values))
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -178,7 +296,7 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,13 +326,6 @@ def given_values(args: argparse.Namespace) -> dict:
 def resolve_config(args: argparse.Namespace) -> Config:
     """Defaults < recipe < YAML file < command-line flags."""
     return make_config(given_values(args))
-
-
-RECIPES_DIR = Path(__file__).parent / "recipes"
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
 def load_recipe(name: str) -> dict:

@@ -12,7 +12,8 @@ JSON), never silently as 0 or 1:
 Macro averages are the mean over classes whose value is defined; weighted averages weight defined
 values by support and renormalise. So a class absent from the evaluated set (and never predicted)
 does not drag the averages down, while a class that exists but is never predicted still costs
-recall and F1. Best and worst class are chosen among classes with support > 0.
+recall and F1. Best and worst class are chosen among classes with support > 0; classes with no samples
+in the evaluated data are listed under ``no_samples`` and never ranked.
 """
 from __future__ import annotations
 
@@ -126,6 +127,17 @@ def _extreme_class(per_class: dict, best: bool):
     return {"name": name, "f1": f1}
 
 
+def classes_without_samples(per_class: dict) -> list[str]:
+    return [name for name, m in per_class.items() if m["support"] == 0]
+
+
+def worst_classes(per_class: dict, n: int = 3) -> list[tuple[str, float]]:
+    """The ``n`` lowest-F1 classes among those with samples, as (name, F1); ties to the larger class."""
+    ranked = [(name, m["f1"], m["support"]) for name, m in per_class.items()
+              if m["support"] > 0 and m["f1"] is not None]
+    return [(name, f1) for name, f1, _ in sorted(ranked, key=lambda r: (r[1], -r[2]))[:n]]
+
+
 def topk_accuracy(y_true, probs, k: int) -> float:
     """Fraction of samples whose true class is among the k highest scores (ties: lower index first)."""
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
@@ -175,6 +187,7 @@ def compute_metrics(y_true, probs, classes, *, topk=(1, 5), ece_bins: int = 15) 
         "most_confused": most_confused_pairs(cm, classes),
         "ece": calibration["ece"],
         "calibration": calibration,
+        "no_samples": classes_without_samples(per_class),
         "best_class": _extreme_class(per_class, best=True),
         "worst_class": _extreme_class(per_class, best=False),
     }

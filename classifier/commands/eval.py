@@ -8,6 +8,8 @@ from pathlib import Path
 from classifier import api
 from classifier.commands import cli_entry
 from classifier.errors import ClassifierError
+from classifier.fileio import atomic_write_text
+from classifier.metrics import worst_classes
 from classifier.report.compare import compare_runs
 
 
@@ -35,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_summary(metrics: dict, out: Path) -> None:
-    per_class = metrics.get("per_class", {})
-    worst = sorted(per_class.items(), key=lambda kv: (kv[1].get("f1") or 0.0))[:3]
+    worst = worst_classes(metrics.get("per_class", {}))
     print(f"accuracy {metrics['accuracy']:.2%} on {metrics['n_samples']} images"
           + (f" (+{metrics['unknown_class_samples']} of unknown classes)" if metrics.get("unknown_class_samples") else ""))
     if worst:
-        print("worst classes (F1): " + ", ".join(f"{k} {(v.get('f1') or 0):.3f}" for k, v in worst))
+        print("worst classes (F1): " + ", ".join(f"{name} {f1:.3f}" for name, f1 in worst))
+    if metrics.get("no_samples"):
+        print(f"no samples: {', '.join(metrics['no_samples'])} (not in the evaluated data)")
     if metrics.get("skipped_files"):
         print(f"skipped {len(metrics['skipped_files'])} unreadable files (listed in metrics.json)")
     print(f"report: {out / 'report.md'}")
@@ -52,7 +55,7 @@ def main(argv=None):
     if args.compare:
         table, _ = compare_runs(args.compare)
         if args.output:
-            Path(args.output).write_text(table + "\n")
+            atomic_write_text(args.output, table + "\n", "comparison")
             print(f"table written to {args.output}")
         print(table)
         return None

@@ -14,13 +14,14 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
 from classifier.checkpoint import load_checkpoint
-from classifier.config import RESUMABLE_KEYS, Config, make_config
+from classifier.config import RESUMABLE_KEYS, Config, check_for_model, make_config
 from classifier.data import build_loader, cap_per_class, default_augment, run_splits, save_split
 from classifier.data.check import run_check
 from classifier.engine import runtime
 from classifier.engine.callbacks import Callbacks
 from classifier.engine.optim import build_optimizer
 from classifier.errors import ClassifierError
+from classifier.fileio import make_output_dir
 from classifier.models import create_model, freeze_backbone, load_weights, model_entry, param_groups
 from classifier.preprocess import Preprocessing
 
@@ -85,6 +86,7 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
     dataset is ``arrays:...``. ``callbacks``: {event: [fn, ...]} added after the default loggers.
     """
     given = dict(given or {})
+    check_for_model(cfg)  # model-dependent values, before any folder is made or data loaded
     dist = runtime.init_distributed(cfg.device)
     ckpt = None
     restarts = 0 if resume else runtime.elastic_restart_count()
@@ -162,7 +164,7 @@ def make_run_dir(cfg: Config, dist: runtime.Dist, *, latest: bool = False) -> Pa
             previous, path, n = path, base.with_name(f"{base.name}{n}"), n + 1
         if latest and previous is not None and not path.exists():
             path = previous
-        path.mkdir(parents=True, exist_ok=True)
+        make_output_dir(path, "run folder")
     if dist.enabled:
         shared = [str(path)]
         tdist.broadcast_object_list(shared, src=0)
@@ -180,7 +182,7 @@ def resolve_preprocessing(info, entry, cfg: Config) -> Preprocessing:
     if cfg.img_size:
         size = (cfg.img_size, cfg.img_size)
     else:
-        size = tuple(max(s, entry.min_size) for s in info.size)
+        size = tuple(entry.fit_size(s) for s in info.size)
     return Preprocessing(size=size, channels=channels, mean=tuple(mean), std=tuple(std))
 
 
@@ -229,7 +231,7 @@ def build_model(cfg: Config, data: RunData, *, pretrained_ok: bool = True):
     """
     imagenet = cfg.weights == "imagenet" and pretrained_ok
     model = create_model(cfg.model, num_classes=len(data.classes), in_chans=data.prep.channels,
-                         pretrained=imagenet, **(cfg.extra or {}))
+                         img_size=data.prep.size, pretrained=imagenet, **(cfg.extra or {}))
     note = "ImageNet weights" if imagenet else None
     if cfg.weights and cfg.weights != "imagenet" and pretrained_ok:
         note = str(load_weights(model, cfg.weights))

@@ -26,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from classifier.config import save_yaml
 from classifier.errors import unknown_choice
 from classifier.evaluation import evaluate_and_report
+from classifier.fileio import atomic_target, atomic_write_text
 from classifier.inference import Predictor
 from classifier.models import model_summary
 from classifier.report.plots import confusion_matrix_figure, plot_learning_curves
@@ -61,8 +62,7 @@ def print_epoch(run, row: dict) -> None:
 
 def write_history(run, row: dict) -> None:
     """Rewrite history.csv from the run's full history (stays consistent across resumes)."""
-    path = Path(run.dir) / "history.csv"
-    with path.open("w", newline="") as f:
+    with atomic_target(Path(run.dir) / "history.csv", "training history") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(run.state.history)
@@ -96,7 +96,7 @@ def write_run_header(run) -> None:
     save_yaml(cfg, Path(run.dir) / "config.yaml")
     save_given(run.given, Path(run.dir) / "given.yaml")
     summary = model_summary(run.raw_model, (prep.channels, *prep.size))
-    (Path(run.dir) / "model_summary.txt").write_text(summary + "\n")
+    atomic_write_text(Path(run.dir) / "model_summary.txt", summary + "\n", "model summary")
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(("resuming" if run.resumed else "training") + f" {cfg.model} ({cfg.mode}) on {cfg.dataset}: "
           f"{len(data.classes)} classes, {sizes}; input {prep.channels}x{prep.size[0]}x{prep.size[1]}; "

@@ -24,6 +24,7 @@ from classifier.engine.callbacks import add_default_callbacks
 from classifier.engine.loop import EpochSums, StepContext, evaluate, train_one_epoch
 from classifier.engine.optim import lr_factor, set_lr
 from classifier.errors import ClassifierError
+from classifier.fileio import atomic_write_text
 from classifier.models import freeze_backbone, unfreeze_backbone
 from classifier.data.loaders import inverse_class_frequency
 
@@ -246,7 +247,7 @@ def finish(run: Run) -> dict:
     run.callbacks.fire("on_train_end", run, summary)
     summary = {k: v for k, v in summary.items() if not k.startswith("_")}
     if run.dist.is_main:
-        (Path(run.dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(Path(run.dir) / "summary.json", json.dumps(summary, indent=2), "run summary")
         acc = summary.get("test_accuracy")
         print(f"done: {run.state.epoch} epochs in {run.state.train_time_s / 60:.1f} min"
               + (f", test accuracy {acc:.2%}" if acc is not None else "") + f"; outputs in {run.dir}")

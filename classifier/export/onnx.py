@@ -24,7 +24,7 @@ from classifier.version import __version__
 from classifier.artifact import (INPUT_NAME, OUTPUT_NAME, first_line, load_proto, open_session, preprocessing_metadata, set_metadata)
 from classifier.errors import ClassifierError
 from classifier.export.graph import trim_conv_kernels
-from classifier.fileio import atomic_target
+from classifier.fileio import atomic_target, make_output_dir
 from classifier.inference import Predictor, image_groups, pixels_at_model_size
 from classifier.preprocess import InputNormalizer, Preprocessing, to_model_input
 
@@ -45,7 +45,7 @@ def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, 
     normalises but does not resize.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(path.parent)
     opset = opset or DEFAULT_OPSET
     resize_embedded = embed_preprocessing and not dynamic_size
     net = nn.Sequential(InputNormalizer(prep, resize=resize_embedded), model) if embed_preprocessing else model
@@ -163,14 +163,7 @@ def save_model(proto: onnx.ModelProto, path: Path) -> Path:
                             location=f"{path.name}.data")
         else:
             onnx.save_model(proto, str(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is meant to be shared
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @dataclass

@@ -19,6 +19,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
 from classifier.errors import ClassifierError
 from classifier.artifact import INPUT_NAME, first_line, load_proto, set_metadata
 from classifier.export.onnx import quiet, save_model
+from classifier.fileio import make_output_dir
 
 METHODS = ("static", "dynamic")
 
@@ -54,7 +55,7 @@ def quantize_int8(fp32_path, out_path, *, calibration_batches=None, method: str 
         raise ClassifierError("static int8 quantization needs calibration images; "
                               "give training data or use the dynamic method")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_path.parent)
     source = load_proto(fp32_path)
     embedded = any(p.key == "preprocessing_embedded" and p.value == "true" for p in source.metadata_props)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize-") as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -169,7 +170,12 @@ def import_timm():
 
 @functools.lru_cache(maxsize=None)
 def timm_entry(name: str) -> ModelEntry:
-    """Registry entry for ``timm/<model[.tag]>``, from timm's pretrained config."""
+    """Registry entry for ``timm/<model[.tag]>``, from timm's pretrained config.
+
+    Nets timm marks ``fixed_input_size`` (ViT/DeiT, Swin, ...) are built for the input size asked
+    (``img_size``), their pretrained position embeddings resampled by timm; which sizes one runs at is
+    found by running it on shapes only (the meta device), before any data is loaded.
+    """
     arch = name[len(TIMM_PREFIX):]
     timm = import_timm()
     if not timm.is_model(arch):
@@ -181,13 +187,34 @@ def timm_entry(name: str) -> ModelEntry:
     cfg = cfg.to_dict() if cfg is not None else {}
     has_pretrained = bool(timm.is_model_pretrained(arch) and (cfg.get("url") or cfg.get("hf_hub_id")))
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    sized = bool(cfg.get("fixed_input_size"))
     return ModelEntry(
         name=name, source="timm", has_pretrained=has_pretrained,
         pretrained_mean=tuple(cfg["mean"]) if has_pretrained and "mean" in cfg else None,
         pretrained_std=tuple(cfg["std"]) if has_pretrained and "std" in cfg else None,
-        min_size=size if cfg.get("fixed_input_size") else 32, default_size=size,
+        min_size=size if sized else 32, default_size=size,
         builder=functools.partial(_build_timm, arch), description=f"timm {arch}",
+        sized=sized, size_problem=functools.partial(timm_size_problem, arch, sized),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def timm_size_problem(arch: str, sized: bool, side: int) -> str | None:
+    """Why timm's ``arch`` cannot run on side x side images (one line), or None if it can. Shapes only: the
+    net is built and run on the meta device, so no memory or time goes into weights or arithmetic."""
+    timm = import_timm()
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = timm.create_model(arch, pretrained=False, num_classes=0, **({"img_size": side} if sized else {}))
+            net.eval()(torch.zeros(2, 3, side, side))
+    except TypeError as err:
+        if "img_size" in str(err):  # marked fixed-size, but it cannot be built for another size
+            return None if side == int(timm.get_pretrained_cfg(arch).input_size[-1]) else "fixed input size"
+        raise
+    except (RuntimeError, AssertionError, ValueError, ZeroDivisionError) as err:
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
+    return None
 
 
 def timm_names(pattern: str) -> list[str]:
@@ -198,7 +225,11 @@ register_family(TIMM_PREFIX, timm_entry, timm_names)
 
 
 def _build_timm(arch: str, *, num_classes, in_chans, pretrained, drop_rate, **kwargs) -> Classifier:
+    """``img_size`` in kwargs (nets built for one input size): timm builds the net for it and, with pretrained
+    weights, resamples their position embeddings (and relative-position tables) to it as it loads them."""
     timm = import_timm()
+    if "img_size" in kwargs and _pair(kwargs["img_size"]) == tuple(timm.get_pretrained_cfg(arch).input_size[-2:]):
+        del kwargs["img_size"]  # its own size: also right for nets that cannot be built for another
     try:
         net = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
@@ -221,6 +252,10 @@ def _build_timm(arch: str, *, num_classes, in_chans, pretrained, drop_rate, **kw
     num_features = getattr(net, "head_hidden_size", None) or net.num_features
     return Classifier(net, num_features, num_classes, in_chans=in_chans, first_conv=first_conv,
                       raw_head=cfg.get("classifier"), drop_rate=drop_rate or 0.0)
+
+
+def _pair(size) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
 
 
 def _hf_cache_dir() -> str:

@@ -111,6 +111,35 @@ class ModelEntry:
     default_size: int  # input side it is designed for
     builder: Callable[..., Classifier] = field(repr=False, compare=False, default=None)
     description: str = ""
+    sized: bool = False  # the builder takes ``img_size``: the net is built for its input size (position embeddings)
+    # why an input side does not run (None if it does), for nets whose accepted sizes are found by trying them
+    size_problem: Callable[[int], str | None] | None = field(repr=False, compare=False, default=None)
+
+    def accepted_sizes(self) -> str:
+        """The input sides this model accepts, in words: "28 up", or the sides that ran of those tried."""
+        if self.size_problem is None:
+            return f"{self.min_size} up"
+        tried = sorted({*PROBE_SIZES, self.default_size})
+        ok = [s for s in tried if self.size_problem(s) is None]
+        return f"{', '.join(map(str, ok)) or 'none'} (tried: {', '.join(map(str, tried))})"
+
+    def fit_size(self, side: int) -> int:
+        """The side to use for data of native side ``side``: raised to the model's minimum."""
+        return max(side, self.min_size)
+
+    def check_size(self, size: int) -> None:
+        """One-line ClassifierError when the model cannot run on ``size`` x ``size`` input."""
+        if self.size_problem is not None:
+            problem = self.size_problem(size)
+            if problem:
+                raise ClassifierError(f"img_size={size} does not fit model '{self.name}': it runs at input sides "
+                                      f"{self.accepted_sizes()}")
+        elif size < self.min_size:
+            raise ClassifierError(f"img_size={size} does not fit model '{self.name}': it accepts input sides of "
+                                  f"{self.accepted_sizes()}")
+
+
+PROBE_SIZES = (16, 32, 64, 128, 224, 256, 384)  # sides tried to tell a user which ones a model runs at
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -171,11 +200,13 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def create_model(name: str, *, num_classes: int, in_chans: int = 3, pretrained: bool = False,
-                 drop_rate: float | None = None, **kwargs) -> Classifier:
+                 drop_rate: float | None = None, img_size: int | tuple | None = None, **kwargs) -> Classifier:
     """Build a registered model with a new ``num_classes`` head; ``drop_rate=None`` keeps its default.
 
     ``pretrained=True`` loads ImageNet weights (downloaded once into torch.hub's / timm's cache); a
-    different ``in_chans`` adapts the first conv of those weights. Extra kwargs go to the builder.
+    different ``in_chans`` adapts the first conv of those weights. ``img_size``: the input side (or (H, W))
+    it will run at; nets built for one size (ViT, Swin, ...) are built for it, their pretrained position
+    embeddings resampled; the others run at any size and ignore it. Extra kwargs go to the builder.
     """
     entry = model_entry(name)
     if num_classes < 1:
@@ -186,6 +217,8 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, pretrained: 
         raise ClassifierError(f"model '{name}' has no pretrained weights; train it from scratch "
                               f"(pretrained=False) or pick one of: {', '.join(pretrained_models())}")
     try:
+        if entry.sized and img_size is not None:
+            kwargs["img_size"] = img_size
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
                               drop_rate=drop_rate, **kwargs)
     except TypeError as err:
@@ -262,7 +295,9 @@ def model_summary(model: nn.Module, input_size, device="cpu") -> str:
 def model_from_checkpoint(ckpt: dict):
     """Rebuild the model described by a toolkit checkpoint and load its weights (eval mode, CPU)."""
     kwargs = (ckpt.get("config") or {}).get("extra") or {}  # builder options such as width or depth
-    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"], **kwargs)
+    size = (ckpt.get("preprocessing") or {}).get("size")  # nets built for one input size: the trained one
+    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["in_chans"],
+                         img_size=tuple(size) if size else None, **kwargs)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from classifier.errors import ClassifierError
+from classifier.fileio import atomic_write_text
 
 COLUMNS = [  # (row key, header, alignment)
     ("run", "Run", "l"),
@@ -121,7 +122,4 @@ def write_comparison(out_path_md: str | os.PathLike, run_dirs) -> Path:
     table, rows = compare_runs(run_dirs)
     notes = ["", "Test accuracy: from `eval/metrics.json` when the run was evaluated, else from `summary.json`. "
              "Size: best checkpoint on disk. — = not recorded."]
-    out = Path(out_path_md)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# Run comparison\n\n" + table + "\n".join(notes) + "\n", encoding="utf-8")
-    return out
+    return atomic_write_text(out_path_md, "# Run comparison\n\n" + table + "\n".join(notes) + "\n", "comparison")

@@ -16,6 +16,8 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from classifier.fileio import make_output_dir, writing
+
 DPI = 150
 WRONG = "#d62728"
 COLORS = {"precision": "#4c72b0", "recall": "#55a868", "f1": "#c44e52", "train": "#1f77b4", "val": "#ff7f0e"}
@@ -25,8 +27,9 @@ MAX_NAME = 24  # longer class names are shortened in tick labels
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write a figure as PNG (white background, tight bounding box) and return its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    make_output_dir(path.parent, "figure folder")
+    with writing(path, "figure"):
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
     return path
 
 

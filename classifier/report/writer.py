@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classifier.fileio import atomic_target, atomic_write_text, make_output_dir
 from classifier.report import plots
 
 PREDICTION_COLUMNS = ("file", "true", "pred", "confidence", "topk")
@@ -56,9 +57,9 @@ def _cell(value):
 def write_predictions_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     """CSV with a header: the rows' keys in first-seen order (PREDICTION_COLUMNS when there are no rows)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(path.parent)
     columns = list(dict.fromkeys(k for row in rows for k in row)) or list(PREDICTION_COLUMNS)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_target(path, "predictions") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
@@ -77,10 +78,7 @@ def _plain(value):
 
 
 def write_metrics_json(path: str | os.PathLike, metrics: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, allow_nan=False, default=_plain) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(metrics, indent=2, allow_nan=False, default=_plain) + "\n", "metrics")
 
 
 # --- report.md --------------------------------------------------------------------------------------
@@ -117,15 +115,18 @@ def _summary_section(m: dict) -> list[str]:
     for key in ("best_class", "worst_class"):
         if m.get(key):
             rows.append([key.replace("_", " "), f"{m[key]['name']} (F1 {m[key]['f1']:.3f})"])
+    if m.get("no_samples"):
+        rows.append(["no samples (not ranked)", ", ".join(m["no_samples"])])
     return ["## Summary", "", *_table(["metric", "value"], rows, "lr"), ""]
 
 
 def _per_class_section(m: dict) -> list[str]:
     best = (m.get("best_class") or {}).get("name")
     worst = (m.get("worst_class") or {}).get("name")
+    absent = set(m.get("no_samples") or [])
     rows = []
     for name, c in m["per_class"].items():
-        mark = "**best**" if name == best else "**worst**" if name == worst else ""
+        mark = "**best**" if name == best else "**worst**" if name == worst else "no samples" if name in absent else ""
         rows.append([name, c["support"], _num(c["precision"]), _num(c["recall"]), _num(c["f1"]),
                      _num(c["specificity"]), c["TP"], c["FP"], c["FN"], mark])
     header = ["class", "support", "precision", "recall", "F1", "specificity", "TP", "FP", "FN", ""]
@@ -192,8 +193,7 @@ def write_evaluation_report(out_dir: str | os.PathLike, metrics: dict, *, predic
     or None} for the sample-predictions grid. history: training history rows for learning curves.
     source: what was evaluated (checkpoint path, dataset split), shown under the title.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(out_dir, "report folder")
     written = {
         "metrics": write_metrics_json(out_dir / "metrics.json", metrics),
         "predictions": write_predictions_csv(out_dir / "predictions.csv", predictions),
@@ -207,7 +207,5 @@ def write_evaluation_report(out_dir: str | os.PathLike, metrics: dict, *, predic
     lines += _figures_section(figures, out_dir)
     lines += ["## Files", "", "- [metrics.json](metrics.json): every number above, machine-readable",
               "- [predictions.csv](predictions.csv): one row per sample with its top-k classes", ""]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    written["report"] = report
+    written["report"] = atomic_write_text(out_dir / "report.md", "\n".join(lines), "report")
     return written
