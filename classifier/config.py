@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from classifier.errors import ClassifierError, unknown_choice
+from classifier.preprocess import RESIZE_POLICIES
 
 MODES = ("scratch", "finetune", "feature-extract")
 MODE_ALIASES = {"transfer": "feature-extract", "feature_extract": "feature-extract", "fine-tune": "finetune"}
@@ -40,10 +41,13 @@ class Config:
     download: bool = True  # fetch missing data when online
     # --- data
     img_size: int | None = None  # model input side; default: dataset native size (raised to the model minimum)
+    resize: str | None = None  # squash | crop | pad (classifier/preprocess.py); default: squash for datasets of
+    # one image size, crop (ImageNet's centre crop) for folders of mixed sizes; resumed older runs: squash
     val_fraction: float = 0.1  # of the training set, stratified and seeded
-    test_fraction: float = 0.2  # only for datasets without an official test split
+    test_fraction: float | None = None  # carved from train without an official test split; default 0.2 when
+    # there is no val split either, none with train/ + val/ (val is then the evaluation set)
     augment: typing.Any = None  # none | light | strong | list of albumentations steps; default per dataset
-    workers: int | None = None  # data-loading processes for streamed folders (default: min(4, cores))
+    workers: int | None = None  # data-loading processes for streamed folders (default: usable CPUs, at most 8)
     classes: typing.Any = None  # keep only these classes (names or indices), relabelled in the given order
     max_per_class: int = 0  # cap training images per class, seeded (0: all); e.g. few-shot transfer
     sampler: str = "shuffle"  # shuffle | balanced: training draws every class equally often (with replacement)
@@ -59,6 +63,7 @@ class Config:
     step_epochs: int = 0  # `step` schedule: x0.1 every N epochs (0: at 1/2 and 3/4 of training)
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | auto: training loss weights inversely proportional to class counts
+    feature_cache: str = "auto"  # auto | off: feature-extract trains the head on cached backbone features
     head_warmup_epochs: int = 0  # finetune: train only the head for N epochs, then everything
     backbone_lr_mult: float = 1.0  # finetune: backbone learning rate = lr * this (e.g. 0.1)
     freeze_bn: bool = False  # finetune: the backbone's BatchNorm keeps its pretrained statistics (scale/shift learn)
@@ -134,9 +139,11 @@ def _check(cfg: Config) -> Config:
     cfg.mode = MODE_ALIASES.get(cfg.mode, cfg.mode)
     for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
                           ("device", ("auto", "cpu", "cuda")), ("amp", ("auto", "on", "off")),
-                          ("sampler", SAMPLERS), ("class_weights", ("none", "auto"))):
+                          ("sampler", SAMPLERS), ("class_weights", ("none", "auto")),
+                          ("resize", (None, *RESIZE_POLICIES)), ("feature_cache", ("auto", "off"))):
         if getattr(cfg, name) not in allowed:
-            raise ClassifierError(f"invalid {name} '{getattr(cfg, name)}' (choices: {', '.join(allowed)})")
+            choices = ", ".join(a for a in allowed if a)
+            raise ClassifierError(f"invalid {name} '{getattr(cfg, name)}' (choices: {choices})")
     if cfg.mode != "scratch" and not cfg.weights:
         raise ClassifierError(f"--mode {cfg.mode} needs pretrained weights: --weights imagenet or --weights PATH")
     if cfg.mode == "scratch" and cfg.weights:
@@ -147,7 +154,7 @@ def _check(cfg: Config) -> Config:
                               "--mode finetune (feature-extract freezes them anyway)")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ClassifierError("epochs and batch_size must be at least 1")
-    if not 0.0 <= cfg.val_fraction < 1.0 or not 0.0 <= cfg.test_fraction < 1.0:
+    if not 0.0 <= cfg.val_fraction < 1.0 or not 0.0 <= (cfg.test_fraction or 0.0) < 1.0:
         raise ClassifierError("val_fraction and test_fraction must be in [0, 1)")
     if cfg.lr is not None and cfg.lr <= 0:
         raise ClassifierError(f"lr must be positive, got {cfg.lr}")
