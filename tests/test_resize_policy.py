@@ -127,7 +127,7 @@ def test_old_checkpoints_and_exports_mean_squash():
     prep = Preprocessing.from_dict({"size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.5]})
     assert prep.resize_policy == "squash"
     assert Preprocessing.from_dict(_prep("pad").to_dict()).resize_policy == "pad"
-    from classifier.export.onnx import prep_from_metadata
+    from classifier.artifact import prep_from_metadata
 
     meta = {"input_size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.5], "classes": ["a", "b"]}
     assert prep_from_metadata(meta).resize_policy == "squash"
