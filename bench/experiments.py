@@ -185,6 +185,8 @@ def run_state(run: Run) -> str:
 # settings that say where the run folder and data are or how fast a run goes, not what it learns
 NOT_RESULT_KEYS = {"name", "project", "data_dir", "download", "workers", "threads", "device", "compile",
                    "progress", "tensorboard", "exist_ok", "save_every", "in_memory"}
+# settings whose default (None) a run resolves per case and saves resolved (resize: squash or crop)
+RESOLVED_BY_THE_RUN = {"resize"}
 
 
 def stale_settings(run: Run, cfg, matrix: Matrix) -> str | None:
@@ -200,7 +202,8 @@ def stale_settings(run: Run, cfg, matrix: Matrix) -> str | None:
     if run.needs and saved.get("weights") and Path(saved["weights"]).parent.name == run.needs:
         saved["weights"] = wanted["weights"]  # the same run's checkpoint, whichever folder it was run from
     changed = [f"{k} {saved[k]} -> {wanted[k]}" for k in wanted
-               if k in saved and k not in NOT_RESULT_KEYS and saved[k] != wanted[k]]
+               if k in saved and k not in NOT_RESULT_KEYS and saved[k] != wanted[k]
+               and not (k in RESOLVED_BY_THE_RUN and wanted[k] is None)]
     dep = matrix.dir / run.needs / "best.pt" if run.needs else None
     if dep and dep.is_file() and dep.stat().st_mtime > path.stat().st_mtime:
         changed.append(f"{run.needs} was trained again after it")

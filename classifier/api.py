@@ -32,6 +32,7 @@ from classifier.data.check import run_check
 from classifier.data.datasets import labelled_folder
 from classifier.data.images import pil_to_array
 from classifier.engine.lr_finder import LRFinderResult, find_lr_for_config
+from classifier.data.splits import evaluation_split
 from classifier.engine.trainer import fit
 from classifier.errors import ClassifierError
 from classifier.evaluation import evaluate_and_report, images_to_uint8_batch
@@ -275,7 +276,7 @@ class Model:
         return images, paths, skipped
 
     # --- evaluate
-    def evaluate(self, data=None, *, split: str = "test", output: str | Path | None = None, data_dir=None,
+    def evaluate(self, data=None, *, split: str | None = None, output: str | Path | None = None, data_dir=None,
                  batch_size: int = 256, progress: bool = True) -> "EvalReport":
         """Accuracy, per-class metrics, confusion matrix and figures, written to a report folder.
 
@@ -289,7 +290,7 @@ class Model:
                                       source=str(self.path), batch_size=batch_size, progress=progress)
         return EvalReport(metrics, out)
 
-    def _eval_samples(self, data, split: str, data_dir):
+    def _eval_samples(self, data, split: str | None, data_dir):
         if isinstance(data, (tuple, list)):
             info, official = arrays_dataset(*data, class_names=self.classes)
             return official["train"], f"{len(official['train'])} images from memory", "arrays"
@@ -301,6 +302,7 @@ class Model:
             raise ClassifierError(f"no split.json next to {self.path}: say what to evaluate on "
                                   "(a FOLDER argument or --dataset)")
         found = run_splits(config, split_file=record, data_dir=data_dir, dataset=data)
+        split = split or evaluation_split(found.record)  # test; val for a train/val run without test images
         if split not in found.splits:
             raise ClassifierError(f"unknown split '{split}' (choices: {', '.join(found.splits)})")
         where = f"{found.record['dataset']} {split} split" + (f" recorded in {record}" if data is None

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 from classifier.errors import ClassifierError
-from classifier.preprocess import Preprocessing
+from classifier.preprocess import Preprocessing, policy_description
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -49,6 +49,8 @@ def preprocessing_metadata(prep: Preprocessing, *, embedded: bool, resize_embedd
         "std": list(prep.std),
         "resize": ("in the graph: any height and width -> input_size, bilinear with antialias" if resize_embedded
                    else "bilinear with antialias to input_size (height, width)"),
+        "resize_policy": prep.resize_policy,  # absent in older files: squash
+        "resize_policy_detail": policy_description(prep.resize_policy),
         "preprocessing_embedded": embedded,
         "resize_embedded": resize_embedded,
         "input_dtype": "uint8" if embedded else "float32",
@@ -114,7 +116,8 @@ def prep_from_metadata(meta: dict, source="model") -> Preprocessing:
     if missing:
         raise ClassifierError(f"{source} has no toolkit metadata ({', '.join(missing)} missing): "
                               "export it with export.py, or use the checkpoint")
-    return Preprocessing(size=tuple(meta["input_size"]), channels=meta["channels"], mean=meta["mean"], std=meta["std"])
+    return Preprocessing(size=tuple(meta["input_size"]), channels=meta["channels"], mean=meta["mean"], std=meta["std"],
+                         resize_policy=meta.get("resize_policy") or "squash")
 
 
 def load_proto(path, *, with_weights: bool = False) -> onnx.ModelProto:

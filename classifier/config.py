@@ -18,6 +18,7 @@ import yaml
 
 from classifier.errors import ClassifierError, unknown_choice
 from classifier.fileio import atomic_write_text
+from classifier.preprocess import RESIZE_POLICIES
 
 MODES = ("scratch", "finetune", "feature-extract")
 MODE_ALIASES = {"transfer": "feature-extract", "feature_extract": "feature-extract", "fine-tune": "finetune"}
@@ -99,10 +100,13 @@ class Config:
     download: bool = True  # fetch missing data when online
     # --- data
     img_size: int | None = key(ge=1)  # model input side; default: dataset native size (raised to the model minimum)
+    resize: str | None = key(choices=RESIZE_POLICIES)  # squash | crop | pad (classifier/preprocess.py); default:
+    # squash for datasets of one image size, crop (ImageNet's centre crop) for folders of mixed sizes
     val_fraction: float = key(0.1, ge=0, lt=1)  # of the training set, stratified and seeded
-    test_fraction: float = key(0.2, ge=0, lt=1)  # only for datasets without an official test split
+    test_fraction: float | None = key(ge=0, lt=1)  # carved from train without an official test split; default
+    # 0.2 when there is no val split either, none with train/ + val/ (val is then the evaluation set)
     augment: str | list | None = key(choices=augment_presets)  # preset or albumentations steps; default per dataset
-    workers: int | None = key(ge=0)  # data-loading processes for streamed folders (default: min(4, cores))
+    workers: int | None = key(ge=0)  # data-loading processes for streamed folders (default: usable CPUs, at most 8)
     classes: list | None = None  # keep only these classes (names or indices), relabelled in the given order
     max_per_class: int = key(0, ge=0)  # cap training images per class, seeded (0: all); e.g. few-shot transfer
     sampler: str = key("shuffle", choices=SAMPLERS)  # balanced: training draws every class equally often
@@ -118,6 +122,7 @@ class Config:
     step_epochs: int = key(0, ge=0)  # `step` schedule: x0.1 every N epochs (0: at 1/2 and 3/4 of training)
     label_smoothing: float = key(0.0, ge=0, lt=1)
     class_weights: str = key("none", choices=("none", "auto"))  # auto: loss weights inversely prop. to class counts
+    feature_cache: str = key("auto", choices=("auto", "off"))  # feature-extract: head trains on cached features
     head_warmup_epochs: int = key(0, ge=0)  # finetune: train only the head for N epochs, then everything
     backbone_lr_mult: float = key(1.0, ge=0)  # finetune: backbone learning rate = lr * this (e.g. 0.1)
     freeze_bn: bool = False  # finetune: the backbone's BatchNorm keeps its pretrained statistics (scale/shift learn)

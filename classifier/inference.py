@@ -11,6 +11,7 @@ checkpoint and its export give the same predictions::
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,7 @@ def pixels_at_model_size(group: torch.Tensor, prep: Preprocessing) -> torch.Tens
     Uses ``to_model_input`` with a mean of 0 and std of 1 (so its output is pixels / 255): the resize and
     channel conversion are exactly the ones the checkpoint path uses, then rounded back to uint8.
     """
-    identity = Preprocessing(size=prep.size, channels=prep.channels, mean=(0.0,) * prep.channels,
-                             std=(1.0,) * prep.channels)
+    identity = replace(prep, mean=(0.0,) * prep.channels, std=(1.0,) * prep.channels)
     return (to_model_input(group, identity) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 

@@ -10,7 +10,9 @@ the 0-1 scale) and whether preprocessing is inside the graph (``preprocessing_em
 is raw uint8 pixels; ``resize_embedded``: of any size, the graph resizes them). This script is the whole
 recipe for a deployment in any language:
 
-    1. open the image, convert it to ``color_mode``; unless ``resize_embedded``, resize it to ``input_size``
+    1. open the image, convert it to ``color_mode``; unless ``resize_embedded``, apply ``resize_policy``
+       (squash when absent: nothing; crop: cut out the centre box; pad: letterbox with grey 114; the box is
+       ``policy_window`` below, integer arithmetic) and resize the result to ``input_size``
     2. HWC -> NCHW; if ``preprocessing_embedded`` feed uint8, else (pixel / 255 - mean) / std as float32
     3. run, softmax the "logits" output, look the index up in ``classes``
 
@@ -46,6 +48,7 @@ def preprocess(image_path: str, meta: dict) -> np.ndarray:
         image = Image.fromarray(np.uint8(255 * (values - values.min()) / max(np.ptp(values), 1e-12)))
     image = image.convert(meta["color_mode"])
     if meta.get("resize_embedded") != "true":
+        image = apply_policy(image, (height, width), meta.get("resize_policy", "squash"))
         image = image.resize((width, height), Image.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels  # HWC
@@ -55,6 +58,39 @@ def preprocess(image_path: str, meta: dict) -> np.ndarray:
     mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, -1, 1, 1)
     return ((nchw.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+CROP_RATIO = (7, 8)  # crop: 7/8 of the largest centred box at the model's aspect ratio (ImageNet's 224 of 256)
+PAD_FILL = 114  # pad: letterbox grey, every channel
+
+
+def policy_window(height: int, width: int, size, policy: str):
+    """(top, left, box height, box width) on the image, as the toolkit computes it (non-negative integers
+    divided with floor, so every language gets the same box); pad boxes start before the image (<= 0)."""
+    th, tw = size
+    if policy == "crop":
+        num, den = CROP_RATIO
+        box_h = max(1, min(height, width * th // tw) * num // den)
+        box_w = max(1, min(width, height * tw // th) * num // den)
+        return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
+    if policy == "pad":
+        box_h = max(height, (width * th + tw - 1) // tw)
+        box_w = max(width, (height * tw + th - 1) // th)
+        return -((box_h - height) // 2), -((box_w - width) // 2), box_h, box_w
+    return 0, 0, height, width
+
+
+def apply_policy(image: Image.Image, size, policy: str) -> Image.Image:
+    """The model's resize policy before the resize: crop to, or pad the image to, its box."""
+    if policy == "squash":
+        return image
+    top, left, box_h, box_w = policy_window(image.height, image.width, size, policy)
+    if policy == "crop":
+        return image.crop((left, top, left + box_w, top + box_h))
+    fill = PAD_FILL if image.mode == "L" else (PAD_FILL,) * 3
+    canvas = Image.new(image.mode, (box_w, box_h), fill)
+    canvas.paste(image, (-left, -top))
+    return canvas
 
 
 def classify(session, meta: dict, image_path: str) -> np.ndarray:

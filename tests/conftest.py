@@ -11,6 +11,14 @@ from PIL import Image
 
 torch.set_num_threads(2)
 
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache root: nothing is read from or written to the user's ~/.cache."""
+    monkeypatch.setenv("CLASSIFIER_CACHE", str(tmp_path_factory.mktemp("classifier-cache")))
+
+
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
 

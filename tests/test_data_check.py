@@ -100,3 +100,29 @@ def test_both_loader_paths_skip_the_bad_files(tmp_path, augment):
     labels = [y for _, batch in loader for y in batch.tolist()]
     assert len(labels) == len(splits["train"]) - len(UNREADABLE)
     assert sorted(p.split("/")[-1] for p in loader.skipped) == sorted(UNREADABLE)
+
+
+def test_check_cache_rechecks_only_changed_files_and_still_reports_bad_ones(messy_folder, tmp_path, monkeypatch):
+    import os
+
+    from PIL import Image
+
+    from classifier.data import check
+
+    args = ["--check-data", str(tmp_path / "check.json"), "--dataset", f"folder:{messy_folder}", "--val-fraction", "0"]
+    first = train_main(args)
+    inspected = []
+    real = check._inspect_file
+    monkeypatch.setattr(check, "_inspect_file", lambda path: inspected.append(path) or real(path))
+    assert train_main(args) == first and inspected == []  # nothing changed: every result from the cache
+    assert len(first["unreadable"]) == len(UNREADABLE)  # the bad files are still listed
+
+    changed = messy_folder / "train" / "green" / "green_0.png"
+    Image.new("RGB", (20, 12), (1, 2, 3)).save(changed)  # another image, another size
+    os.utime(changed, ns=(os.stat(changed).st_atime_ns, os.stat(changed).st_mtime_ns + 10**9))
+    (messy_folder / "train" / "blue" / "blue_0.png").write_bytes(b"now corrupt")
+    report = train_main(args)
+    assert sorted(inspected) == sorted([str(changed), str(messy_folder / "train" / "blue" / "blue_0.png")])
+    assert report["sizes"]["20x12"] == 1
+    bad = {b["file"]: b["reason"] for b in report["unreadable"]}
+    assert len(bad) == len(UNREADABLE) + 1 and bad["train/blue/blue_0.png"] == "not a readable image"

@@ -113,3 +113,17 @@ def test_load_split_errors(tmp_path):
     (tmp_path / "other.json").write_text('{"format": "something-else"}')
     with pytest.raises(ClassifierError, match="not a split record"):
         load_split(tmp_path / "other.json")
+
+
+def test_train_val_without_test_keeps_all_training_samples():
+    from classifier.data.splits import evaluation_split, split_note
+
+    official = {"train": _arrays([10] * 4), "val": _arrays([3] * 4)}
+    official["val"].source = "val"
+    splits, record = split_dataset(INFO, official, val_fraction=0.25)
+    assert len(splits["train"]) == 40 and len(splits["test"]) == 0 and splits["val"] is official["val"]
+    assert evaluation_split(record) == "val" and "training on all 40 images" in split_note(record)
+    splits, record = split_dataset(INFO, official, test_fraction=0.25)  # asked explicitly: carved
+    assert len(splits["test"]) == 10 and len(splits["train"]) == 30 and evaluation_split(record) == "test"
+    splits, record = split_dataset(INFO, {"train": _arrays([10] * 4)})  # no val, no test: 20% carved as before
+    assert len(splits["test"]) == 8 and "carved from train" in split_note(record)

@@ -126,7 +126,7 @@ def test_markdown_has_the_table_figures_and_commands(tiny_matrix):
     rows = json.loads((out / "tiny" / "results.json").read_text())
     assert md.startswith("## Results") and "### Tiny transfer" in md
     scratch = rows[1]
-    assert f"| resnet-scratch | resnet | scratch |" in md and f"{scratch['test_accuracy']:.2%} | 50.00% |" in md
+    assert "| resnet-scratch | resnet | scratch |" in md and f"{scratch['test_accuracy']:.2%} | 50.00% |" in md
     assert "Not run (absent): data missing: dataset folder" in md
     assert all(r["command"] in md for r in rows)
     images = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]

@@ -209,3 +209,82 @@ def test_default_augmentation_is_the_datasets(tmp_path, tiny_folder):
                         tmp_path, Dist())
     assert default_augment(data.info.name) != "none"
     assert not data.loaders["train"].augment.is_identity
+
+
+def _train_val_folder(tmp_path):
+    root = tmp_path / "imagenet_style"
+    write_class_images(root / "train", per_class=10, seed=1)
+    write_class_images(root / "val", per_class=4, seed=2)
+    return root
+
+
+def test_train_val_layout_trains_on_all_of_train_and_reports_val(tmp_path, capsys):
+    root = _train_val_folder(tmp_path)
+    run = train(tmp_path, root, "--model", "lenet5", "--epochs", "1")
+    record = json.loads((run / "split.json").read_text())
+    assert record["splits"]["train"]["size"] == 30 and record["splits"]["train"]["source"] == "train"
+    assert record["splits"]["val"]["size"] == 12 and record["splits"]["val"]["source"] == "val"
+    assert record["splits"]["test"]["size"] == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["evaluated_split"] == "val" and 0.0 <= summary["val_accuracy"] <= 1.0
+    assert "test_accuracy" not in summary
+    from classifier.startup import seconds_since_start
+
+    assert 0 < summary["startup_s"] < seconds_since_start()  # measured from this (pytest) process's start
+    assert "(val split)" in (run / "eval" / "report.md").read_text()
+    out = capsys.readouterr().out
+    assert "training on all 30 images of train/" in out and "val accuracy" in out
+    from classifier.commands.eval import main as eval_main
+
+    assert eval_main(["--checkpoint", str(run / "best.pt"), "--no-progress"]).name == "eval-val-best"
+    # a test split carved from train/ when asked for explicitly
+    carved = train(tmp_path, root, "--model", "lenet5", "--epochs", "1", "--test-fraction", "0.2", name="carved")
+    record = json.loads((carved / "split.json").read_text())
+    assert record["splits"]["test"]["size"] == 6 and record["splits"]["train"]["size"] == 24
+    assert json.loads((carved / "summary.json").read_text())["evaluated_split"] == "test"
+
+
+def test_run_made_before_the_train_val_change_resumes(tmp_path):
+    """Runs started when test_fraction defaulted to 0.2 (a test split carved from train/) keep their split."""
+    root = _train_val_folder(tmp_path)
+    run = train(tmp_path, root, "--model", "lenet5", "--epochs", "1", "--test-fraction", "0.2")
+    old = json.loads((run / "split.json").read_text())
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["config"]["test_fraction"] == 0.2  # what every run of the old default recorded
+    train_main(["--resume", str(run), "--epochs", "2", *FAST])
+    assert json.loads((run / "split.json").read_text()) == old
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_resize_policy_default_per_case_and_saved_in_the_checkpoint(tmp_path, tiny_folder, capsys):
+    run = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "1", "--eval-test", "false")
+    assert load_checkpoint(run / "best.pt")["preprocessing"]["resize_policy"] == "squash"  # one image size
+    mixed = write_class_images(tmp_path / "mixed", per_class=6, size=20)
+    write_class_images(mixed, per_class=3, size=12, seed=4)  # overwrites some files at another size
+    run = train(tmp_path, mixed, "--model", "lenet5", "--epochs", "1", "--img-size", "16", name="mixed")
+    assert load_checkpoint(run / "best.pt")["preprocessing"]["resize_policy"] == "crop"
+    assert "resize policy: crop" in capsys.readouterr().out
+    run = train(tmp_path, mixed, "--model", "lenet5", "--epochs", "1", "--img-size", "16", "--resize", "pad",
+                name="pad")
+    assert load_checkpoint(run / "best.pt")["preprocessing"]["resize_policy"] == "pad"
+    assert "resize: pad" in (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit):
+        train(tmp_path, mixed, "--resize", "fit", name="bad")
+    assert "error: invalid resize 'fit' (choices: squash, crop, pad)" in capsys.readouterr().err
+
+
+def test_feature_extract_with_and_without_the_feature_cache_trains_the_same_head(tmp_path, tiny_folder, capsys):
+    source = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "1", name="src")
+    common = ["--model", "lenet5", "--epochs", "2", "--mode", "feature-extract", "--weights", str(source / "best.pt"),
+              "--augment", "none", "--eval-test", "false"]
+    cached = train(tmp_path, tiny_folder, *common, name="cached")
+    assert "feature cache: computed 1 view(s) x" in capsys.readouterr().out
+    plain = train(tmp_path, tiny_folder, *common, "--feature-cache", "off", name="plain")
+    assert "feature cache off (--feature-cache off)" in capsys.readouterr().out
+    a, b = load_checkpoint(cached / "last.pt")["model"], load_checkpoint(plain / "last.pt")["model"]
+    assert set(a) == set(b)  # the saved model is backbone + head either way
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    again = train(tmp_path, tiny_folder, *common, name="again")
+    assert "feature cache: reused" in capsys.readouterr().out
+    torch.testing.assert_close(load_checkpoint(again / "last.pt")["model"]["head.weight"], a["head.weight"])

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="best.pt / last.pt of a run, or an exported .onnx / .ort model")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the run's own (fashion_mnist, "
                                      "cifar10, eurosat, folder:PATH)")
-    p.add_argument("--split", default="test", help="train | val | test (default: test)")
+    p.add_argument("--split", default=None, help="train | val | test (default: test; val for a run without test "
+                                                  "images, e.g. a train/ + val/ folder)")
     p.add_argument("--data-dir", default=None, help="data root (default: the run's, else datasets/)")
     p.add_argument("--output", help="output folder (default: next to the model, eval-<target>/)")
     p.add_argument("--batch-size", type=int, default=256)

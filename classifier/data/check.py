@@ -9,12 +9,16 @@ to ``runs/NAME/data_check.json`` and prints the summary. Over the train/val/test
 * files whose content is another format than their extension says (readable; listed as a warning);
 * duplicates by content hash, in particular the same image in two splits (a leak into val/test).
 
-Every file is decoded with :func:`load_image`, as training decodes it. Hidden and non-image files are
-not samples (``is_image_file``), so they are not checked.
+Every file is read once, hashed and decoded with :func:`load_image`, as training decodes it. The result
+per file is cached by path, size and modification time (``cache_dir("checks")``, one file per dataset
+folder), so the next run re-checks only files that changed; cached results (bad files included) are
+reported as if checked again. Hidden and non-image files are not samples (``is_image_file``), so they
+are not checked.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections import Counter, defaultdict
@@ -24,11 +28,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from classifier.cache import cache_dir, cache_root, enforce_limit, touch
 from classifier.data.datasets import Samples
 from classifier.data.images import BadImageError, load_image
+from classifier.data.loaders import default_workers
 from classifier.fileio import atomic_target
 
 FORMAT = "classifier-data-check/1"
+CHECK_VERSION = "classifier-check-cache/1"  # change when the per-file checks change: old results are then unused
 IMBALANCE_HINT = 3.0  # from this ratio on, the summary suggests --class-weights auto / --sampler balanced
 _SAME_FORMAT = {"MPO": "JPEG"}  # multi-picture JPEGs (phone photos) are JPEGs
 _SHOWN = 5  # examples per problem in the console summary
@@ -84,19 +91,81 @@ def _inspect(samples: Samples):
         mode = "L" if samples.images.shape[3] == 1 else "RGB"
         size = samples.images.shape[2], samples.images.shape[1]
         return ((_digest(im.tobytes()), mode, size, None, None) for im in samples.images)
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # PIL decodes with the GIL released
-        return list(pool.map(_inspect_file, samples.paths, chunksize=16))
+    if not samples.paths:
+        return []
+    known = CheckCache(samples.root or os.path.dirname(samples.paths[0]))
+    todo = [p for p in samples.paths if known.get(p) is None]
+    if todo:
+        with ThreadPoolExecutor(default_workers()) as pool:  # PIL decodes with the GIL released
+            for path, (stat, result) in zip(todo, pool.map(_inspect_file, todo, chunksize=16)):
+                known.put(path, stat, result)
+        known.save()
+    return [known.get(p) for p in samples.paths]
 
 
 def _inspect_file(path: str):
+    """((size, mtime) before reading, result): one read of the file, hashed and decoded from memory."""
+    stat = _stat(path)
     try:
-        load_image(path, 1)  # a full decode, as training does: raises BadImageError
-        with Image.open(path) as im, open(path, "rb") as f:
-            return _digest(f.read()), im.mode, im.size, im.format, None
-    except BadImageError as err:
-        return None, None, None, None, str(err).removeprefix(f"{path}: ")
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as err:
-        return None, None, None, None, f"cannot read ({err.strerror or err})"
+        return stat, (None, None, None, None, f"cannot read ({err.strerror or err})")
+    try:
+        load_image(path, 1, data=data)  # a full decode, as training does: raises BadImageError
+        with Image.open(io.BytesIO(data)) as im:
+            return stat, (_digest(data), im.mode, im.size, im.format, None)
+    except BadImageError as err:
+        return stat, (None, None, None, None, str(err).removeprefix(f"{path}: "))
+
+
+def _stat(path: str) -> list | None:
+    try:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return None
+
+
+class CheckCache:
+    """Per-file check results of one dataset folder, valid while a file keeps its size and mtime."""
+
+    def __init__(self, root: str):
+        name = hashlib.sha256(f"{CHECK_VERSION}\n{os.path.abspath(root)}".encode()).hexdigest()[:24]
+        self.path = cache_root() / "checks" / f"{name}.json"
+        self.entries: dict = {}
+        self.changed = False
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("format") == CHECK_VERSION:
+                self.entries = data["files"]
+                touch(self.path)
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+
+    def get(self, path: str):
+        entry = self.entries.get(os.path.abspath(path))
+        if entry is None or entry["stat"] is None or entry["stat"] != _stat(path):
+            return None
+        digest, mode, size, fmt, problem = entry["result"]
+        return digest, mode, tuple(size) if size else None, fmt, problem
+
+    def put(self, path: str, stat, result) -> None:
+        digest, mode, size, fmt, problem = result
+        self.entries[os.path.abspath(path)] = {"stat": stat, "result": [digest, mode, list(size) if size else None,
+                                                                        fmt, problem]}
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            cache_dir("checks")
+            with atomic_target(self.path) as tmp:
+                tmp.write_text(json.dumps({"format": CHECK_VERSION, "files": self.entries}))
+            enforce_limit(keep=self.path)
+        except OSError as err:  # a read-only or full disk: the next run checks again
+            print(f"warning: could not save the data check cache {self.path}: {err}")
 
 
 def _digest(data: bytes) -> str:

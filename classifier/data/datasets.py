@@ -538,6 +538,17 @@ def folder_stats(paths: list[str], max_images: int = 256, seed: int = 0):
     return result
 
 
+def default_resize_policy(samples: Samples, max_images: int = 64, seed: int = 0) -> str:
+    """``squash`` for in-memory datasets and folders whose sampled images all have one size (nothing to
+    distort differently), ``crop`` (ImageNet's centre crop) for folders of mixed sizes, e.g. photos."""
+    if samples.in_memory or not len(samples):
+        return "squash"
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(samples), size=min(max_images, len(samples)), replace=False)
+    sizes = {h[0] for h in (image_size(samples.paths[i]) for i in pick) if h is not None}
+    return "squash" if len(sizes) <= 1 else "crop"
+
+
 def _stat(path: str) -> tuple:
     try:
         st = os.stat(path)

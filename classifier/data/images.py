@@ -14,6 +14,7 @@ training. Rules, in order:
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -44,8 +45,18 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
+DRAFT_FACTOR = 2  # draft mode keeps at least this many decoded pixels per model pixel along each side
+
+
+def load_image(path: str | os.PathLike, channels: int, *, draft: tuple[int, int] | None = None,
+               data: bytes | None = None) -> np.ndarray:
     """Decode ``path`` to a uint8 array of shape (H, W, channels); channels is 1 or 3.
+
+    ``draft`` (a model input size, height x width): a JPEG much larger than it is decoded at a reduced
+    size (Pillow's draft mode: the JPEG decoder's own 1/2, 1/4, 1/8 scaling, much faster), never below
+    ``DRAFT_FACTOR`` x the longer model side. Training uses it; evaluation and deployment decode at full
+    size, so the pixels differ slightly (see the README for the measured effect). ``data``: the file's
+    bytes, already read (``path`` then only names it in messages).
 
     Raises :class:`BadImageError` with a one-line reason for anything that cannot be decoded,
     including images above ``PIL.Image.MAX_IMAGE_PIXELS`` (decompression bombs).
@@ -57,8 +68,11 @@ def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
         # Image.open warns above MAX_IMAGE_PIXELS (and raises above twice that); _refuse_bomb makes the
         # warning case an error too. No warnings.catch_warnings here: it is not thread-safe, and
         # images are decoded from threads.
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
             _refuse_bomb(im)
+            if draft and im.format == "JPEG":
+                side = DRAFT_FACTOR * max(draft)  # max: EXIF rotation may swap the axes
+                im.draft(im.mode, (side, side))
             im.load()
             return pil_to_array(im, channels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -67,7 +81,7 @@ def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
     except FileNotFoundError:
         raise BadImageError(f"{path}: file not found") from None
     except Image.UnidentifiedImageError:
-        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        empty = not data if data is not None else os.path.isfile(path) and os.path.getsize(path) == 0
         raise BadImageError(f"{path}: {'empty file (0 bytes)' if empty else 'not a readable image'}") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError, struct.error,
             zlib.error) as err:

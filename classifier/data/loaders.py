@@ -8,9 +8,13 @@
   ``to_model_input`` per sample. An unreadable file is skipped and listed in ``loader.skipped``;
   it never stops training.
 
-File samples with preset augmentation take the fast path too when they all decode to one size and
-fit in ``MEMORY_CACHE_BYTES`` (EuroSAT, small folders): they are decoded once, by threads, into an
-in-memory array, and a slow decode is saved on disk for the next run (``decode_to_memory``).
+File samples with preset augmentation take the fast path too when they fit in ``MEMORY_CACHE_BYTES``:
+they are decoded once, by threads, into an in-memory array, and a slow decode is saved on disk (under
+``classifier.cache``) for later epochs' and runs' use (``decode_to_memory``). Training decodes each file
+to the model size (the pixel pipeline of ``classifier.preprocess``: draft-mode JPEG decode, resize
+policy, resize, round: ``fit_pixels``) and augments there, so images of any size fit; evaluation
+decodes exactly as the deployed model does (full decode, no rounding) and takes the fast path only
+when the files share one size. Larger folders stream, with the same per-file pipeline in the workers.
 
 Order. A training epoch is a permutation seeded by (seed, epoch), padded by repeating its head to a
 multiple of ``world_size`` (``sampler="balanced"``: n indices drawn with replacement, seeded the same
@@ -39,12 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classifier.cache import cache_dir, cache_root, enforce_limit, touch
 from classifier.data.augment import (Preset, apply_pipeline, augment_batch, build_pipeline, preset_pipeline,
                                      resolve_augment)
 from classifier.data.datasets import Samples
-from classifier.data.images import BadImageError, image_size, load_image
+from classifier.data.images import DRAFT_FACTOR, BadImageError, image_size, load_image
 from classifier.errors import ClassifierError
-from classifier.preprocess import Preprocessing, to_model_input
+from classifier.preprocess import Preprocessing, fit_pixels, fitted, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ def build_loader(samples: Samples, prep: Preprocessing, *, train: bool, batch_si
     ``augment``: a preset name (see ``classifier.data.augment.PRESETS``) or a list of albumentations
     transforms (forces the streaming path). ``drop_last`` defaults to ``train``, but a dataset smaller
     than one batch of all ranks (batch_size x world_size) keeps its partial batch. ``workers``
-    (streaming only) defaults to min(4, CPU count). ``cache``: decode file samples once into memory and
+    (streaming only) defaults to ``default_workers()``. ``cache``: decode file samples once into memory and
     use the fast path (None: when they all have one size and fit in ``MEMORY_CACHE_BYTES``; False: always
     stream, in-memory samples too: config ``in_memory: false``). ``sampler`` (training): "shuffle" (a
     permutation) or "balanced" (every class equally likely, drawn with replacement).
@@ -67,15 +72,26 @@ def build_loader(samples: Samples, prep: Preprocessing, *, train: bool, batch_si
                   drop_last=drop_last, sampler=sampler)
     if samples.in_memory and isinstance(aug, Preset) and cache is not False:
         return InMemoryLoader(samples, prep, aug, **common)
+    fit = prep if train and not samples.in_memory else None  # training pixels: fitted to the model size
     if not samples.in_memory and isinstance(aug, Preset) and cache is not False:
-        decoded = decode_to_memory(samples, prep.channels, max_bytes=None if cache else MEMORY_CACHE_BYTES)
+        decoded = decode_to_memory(samples, prep.channels, max_bytes=None if cache else MEMORY_CACHE_BYTES,
+                                   fit=fit)
         if decoded is not None:
-            loader = InMemoryLoader(decoded[0], prep, aug, **common)
+            loader = InMemoryLoader(decoded[0], fitted(prep) if fit else prep, aug, **common)
             loader.skipped = decoded[1]
             return loader
     if workers is None:
-        workers = min(4, os.cpu_count() or 1)
-    return StreamingLoader(samples, prep, aug, workers=workers, **common)
+        workers = default_workers()
+    return StreamingLoader(samples, prep, aug, workers=workers, fit=fit is not None, **common)
+
+
+def default_workers() -> int:
+    """Decoding processes for streamed folders: the CPUs this process may use (affinity), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
 
 
 def inverse_class_frequency(labels: np.ndarray, num_classes: int = 0) -> np.ndarray:
@@ -162,10 +178,10 @@ class InMemoryLoader(Loader):
 class StreamingLoader(Loader):
     """Per-sample path: DataLoader workers decode, augment (albumentations) and normalise."""
 
-    def __init__(self, samples: Samples, prep: Preprocessing, augment, *, workers: int, **kw):
+    def __init__(self, samples: Samples, prep: Preprocessing, augment, *, workers: int, fit: bool = False, **kw):
         super().__init__(samples, prep, **kw)
         self.workers = max(0, int(workers))
-        self.dataset = SampleDataset(samples, prep, augment, self.seed)
+        self.dataset = SampleDataset(samples, prep, augment, self.seed, fit=fit)
         self._seen: set[str] = set()
         if isinstance(augment, list) and len(samples):
             self.dataset.dry_run()
@@ -192,8 +208,9 @@ class SampleDataset(torch.utils.data.Dataset):
     """Item ``(index, epoch)`` -> ``(x float CHW, label, index, None)``, or ``(None, label, index,
     (path, reason))`` for an unreadable file."""
 
-    def __init__(self, samples: Samples, prep: Preprocessing, augment, seed: int):
+    def __init__(self, samples: Samples, prep: Preprocessing, augment, seed: int, *, fit: bool = False):
         self.samples, self.prep, self.augment, self.seed = samples, prep, augment, seed
+        self.fit = fit  # training files: decoded to the model size first (fit_pixels), augmented there
         self._pipelines: dict = {}  # built lazily, in the worker that uses them
 
     def __len__(self) -> int:
@@ -211,11 +228,13 @@ class SampleDataset(torch.utils.data.Dataset):
             return None, label, index, (self.samples.paths[index], str(err))
         image = self._augment(image, index, epoch)
         x = torch.from_numpy(_writable(image)).permute(2, 0, 1)[None]
-        return to_model_input(x, self.prep)[0], label, index, None
+        return to_model_input(x, fitted(self.prep) if self.fit else self.prep)[0], label, index, None
 
     def _image(self, index: int) -> np.ndarray:
         if self.samples.in_memory:
             return self.samples.images[index]
+        if self.fit:
+            return decode_fitted(self.samples.paths[index], self.prep)
         return load_image(self.samples.paths[index], self.prep.channels)
 
     def _augment(self, image: np.ndarray, index: int, epoch: int) -> np.ndarray:
@@ -255,29 +274,35 @@ class SampleDataset(torch.utils.data.Dataset):
 # --- decoding small file datasets once -----------------------------------------------------------
 MEMORY_CACHE_BYTES = 1 << 30  # decoded uint8 pixels a file dataset may take to use the fast path
 DISK_CACHE_AFTER_SECONDS = 5.0  # decoding slower than this is saved for the next run
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "classifier" / "decoded"
 
 
-def decode_to_memory(samples: Samples, channels: int, *, max_bytes: int | None = MEMORY_CACHE_BYTES):
-    """(in-memory Samples, skipped paths) for file samples that all decode to one size, else None.
+def decode_to_memory(samples: Samples, channels: int, *, max_bytes: int | None = MEMORY_CACHE_BYTES,
+                     fit: Preprocessing | None = None):
+    """(in-memory Samples, skipped paths) for file samples, else None (they do not fit in ``max_bytes``,
+    or without ``fit`` they do not all decode to one size).
 
-    Unreadable files are dropped (and returned as skipped). A decode that took longer than
-    ``DISK_CACHE_AFTER_SECONDS`` is saved under ``CACHE_DIR``, keyed by the file list with sizes and
-    modification times and the channel count, so an unchanged dataset decodes only once.
+    ``fit``: every file is decoded to ``fit.size`` by ``decode_fitted`` (training pixels); without it
+    at its own size (exact pixels). Unreadable files are dropped (and returned as skipped). A decode that
+    took longer than ``DISK_CACHE_AFTER_SECONDS`` is saved under ``cache_dir("decoded")``, keyed by the
+    file list with sizes and modification times, the channel count and the fit, so an unchanged dataset
+    decodes only once.
     """
     if not len(samples):
         return None
-    first = next((h for h in map(image_size, samples.paths[:16]) if h is not None), None)
-    if first is None:
-        return None
-    (h, w), _ = first
+    if fit is not None:
+        h, w = fit.size
+    else:
+        first = next((h for h in map(image_size, samples.paths[:16]) if h is not None), None)
+        if first is None:
+            return None
+        (h, w), _ = first
     if max_bytes is not None and len(samples) * h * w * channels > max_bytes:
         return None
-    key = _cache_key(samples.paths, channels)
+    key = _cache_key(samples.paths, channels, fit)
     cached = _read_cache(key, len(samples), (h, w, channels))
     if cached is None:
         started = time.perf_counter()
-        cached = _decode_all(samples.paths, channels, (h, w))
+        cached = _decode_all(samples.paths, channels, (h, w), fit)
         if cached is None:
             return None  # mixed sizes: stream
         if time.perf_counter() - started > DISK_CACHE_AFTER_SECONDS:
@@ -294,18 +319,25 @@ def decode_to_memory(samples: Samples, channels: int, *, max_bytes: int | None =
     return out, skipped
 
 
-def _decode_all(paths: list[str], channels: int, size: tuple[int, int]):
+def decode_fitted(path: str, prep: Preprocessing) -> np.ndarray:
+    """One file -> uint8 HWC at ``prep.size``: draft-mode decode, then ``fit_pixels`` (policy, resize, round)."""
+    image = load_image(path, prep.channels, draft=prep.size)
+    x = fit_pixels(torch.from_numpy(image).permute(2, 0, 1)[None], prep)
+    return np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
+
+
+def _decode_all(paths: list[str], channels: int, size: tuple[int, int], fit: Preprocessing | None = None):
     images = np.zeros((len(paths), *size, channels), np.uint8)
     ok = np.ones(len(paths), bool)
 
     def decode(i):
         try:
-            return i, load_image(paths[i], channels)
+            return i, decode_fitted(paths[i], fit) if fit is not None else load_image(paths[i], channels)
         except BadImageError:
             return i, None
 
     # PIL decodes with the GIL released, so threads scale; a different size stops everything early
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(default_workers()) as pool:
         for i, image in pool.map(decode, range(len(paths)), chunksize=64):
             if image is None:
                 ok[i] = False
@@ -317,8 +349,9 @@ def _decode_all(paths: list[str], channels: int, size: tuple[int, int]):
     return images, ok
 
 
-def _cache_key(paths: list[str], channels: int) -> str:
-    h = hashlib.sha256(f"decoded-v1 channels={channels}\n".encode())
+def _cache_key(paths: list[str], channels: int, fit: Preprocessing | None = None) -> str:
+    fitted_to = f" fit={fit.size} {fit.resize_policy} draft={DRAFT_FACTOR}" if fit is not None else ""
+    h = hashlib.sha256(f"decoded-v1 channels={channels}{fitted_to}\n".encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -329,13 +362,14 @@ def _cache_key(paths: list[str], channels: int) -> str:
 
 
 def _read_cache(key: str, n: int, shape: tuple):
-    path = CACHE_DIR / f"{key}.npz"
+    path = cache_root() / "decoded" / f"{key}.npz"
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             images, ok = z["images"], z["ok"]
         if images.shape == (n, *shape) and images.dtype == np.uint8 and ok.shape == (n,):
+            touch(path)
             return images, ok.astype(bool)
     except (OSError, ValueError, KeyError):
         pass
@@ -343,15 +377,16 @@ def _read_cache(key: str, n: int, shape: tuple):
 
 
 def _write_cache(key: str, images: np.ndarray, ok: np.ndarray) -> None:
-    tmp = None
+    tmp, folder = None, None
     try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz.tmp", dir=CACHE_DIR)
+        folder = cache_dir("decoded")
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz.tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=images, ok=ok)
-        os.replace(tmp, CACHE_DIR / f"{key}.npz")
+        os.replace(tmp, folder / f"{key}.npz")
+        enforce_limit(keep=folder / f"{key}.npz")
     except OSError as err:  # a read-only or full disk is fine: we just decode again next time
-        log.warning("could not save decoded images to %s: %s", CACHE_DIR, err)
+        log.warning("could not save decoded images to %s: %s", folder, err)
         if tmp:
             Path(tmp).unlink(missing_ok=True)
 

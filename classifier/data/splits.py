@@ -2,7 +2,10 @@
 
 Official splits are kept: an official test set is the test set, an official val folder the val set.
 What is missing is carved from the official train split, per class, so every split keeps the class
-proportions. The record lists which sample went where (positions in the official split for in-memory
+proportions. A dataset with train and val but no test (the ImageNet layout: ``train/`` and ``val/``
+folders) trains on all of train and has no test split: val picks ``best.pt`` and is the reported
+evaluation (``evaluation_split``); a test split is carved from train only when ``test_fraction`` is given.
+The record lists which sample went where (positions in the official split for in-memory
 datasets, file paths relative to the dataset folder for file datasets).
 """
 from __future__ import annotations
@@ -20,23 +23,26 @@ from classifier.errors import ClassifierError, unknown_choice
 
 SPLIT_FORMAT = "classifier-split/1"
 SPLITS = ("train", "val", "test")
+DEFAULT_TEST_FRACTION = 0.2  # carved from train when a dataset has neither a val nor a test split
 
 
 def split_dataset(info: DatasetInfo, official: dict[str, Samples], *, val_fraction: float = 0.1,
-                  test_fraction: float = 0.2, seed: int = 0) -> tuple[dict[str, Samples], dict]:
+                  test_fraction: float | None = None, seed: int = 0) -> tuple[dict[str, Samples], dict]:
     """{'train', 'val', 'test'} Samples and a JSON-able record of the split.
 
     ``test_fraction`` is used only without an official test split, ``val_fraction`` only without an
-    official val split; both are fractions of the official train split. Every class keeps at least
-    one training sample.
+    official val split; both are fractions of the official train split. ``test_fraction=None`` (the
+    default) carves ``DEFAULT_TEST_FRACTION`` when the dataset has no val split either, and nothing when
+    it has one (train/val layout: the test split is then empty). Every class keeps at least one
+    training sample.
     """
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= f < 1.0:
+        if f is not None and not 0.0 <= f < 1.0:
             raise ClassifierError(f"{name} must be in [0, 1), got {f}")
     if "train" not in official:
         raise ClassifierError(f"dataset {info.name} has no train split")
     train = official["train"]
-    carve_test = 0.0 if "test" in official else test_fraction
+    carve_test = 0.0 if "test" in official else _test_fraction(test_fraction, official)
     carve_val = 0.0 if "val" in official else val_fraction
     if carve_test + carve_val >= 1.0:
         raise ClassifierError(f"val_fraction + test_fraction must be below 1, got {carve_test + carve_val}")
@@ -54,11 +60,39 @@ def split_dataset(info: DatasetInfo, official: dict[str, Samples], *, val_fracti
         "dataset": info.name,
         "seed": int(seed),
         "val_fraction": float(val_fraction),
-        "test_fraction": float(test_fraction),
+        "test_fraction": None if test_fraction is None else float(test_fraction),
         "classes": list(info.classes),
         "splits": {name: describe(s, len(info.classes)) for name, s in splits.items()},
     }
     return splits, record
+
+
+def _test_fraction(test_fraction: float | None, official: dict) -> float:
+    if test_fraction is not None:
+        return test_fraction
+    return 0.0 if "val" in official else DEFAULT_TEST_FRACTION
+
+
+def evaluation_split(record: dict) -> str:
+    """The split a run reports at its end (and ``eval.py`` evaluates by default): test, or val when the
+    run has no test images (train/val layout)."""
+    test = record.get("splits", {}).get("test", {})
+    return "test" if test.get("size", 0) else "val"
+
+
+def split_note(record: dict) -> str | None:
+    """One line for the run header about where the evaluation images come from, or None when the
+    dataset's own test split is used."""
+    splits = record.get("splits", {})
+    train, val, test = (splits.get(k, {}) for k in SPLITS)
+    if not test.get("size") and val.get("source") == "val":
+        return (f"train/val layout: training on all {train.get('size', 0)} images of train/; val/ "
+                f"({val.get('size', 0)} images) picks best.pt and is the reported evaluation (labelled val); "
+                "no test split (--test-fraction F carves one from train/)")
+    if test.get("size") and test.get("source") == "train":
+        return (f"no test split in the dataset: {test['size']} images carved from train as the test split "
+                f"(test_fraction {record.get('test_fraction') or DEFAULT_TEST_FRACTION:g})")
+    return None
 
 
 def stratified_partition(labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int):

@@ -17,6 +17,7 @@ from classifier.checkpoint import load_checkpoint
 from classifier.config import RESUMABLE_KEYS, Config, check_for_model, make_config
 from classifier.data import build_loader, cap_per_class, default_augment, run_splits, save_split
 from classifier.data.check import run_check
+from classifier.data.datasets import default_resize_policy
 from classifier.engine import runtime
 from classifier.engine.callbacks import Callbacks
 from classifier.engine.optim import build_optimizer
@@ -72,6 +73,7 @@ class Run:
     stop_reason: str | None = None  # set by ``stop()``: training ends after the current epoch
     interrupt: object = None  # Ctrl-C handling while training (engine/trainer.py)
     summary: dict | None = None  # summary.json's figures once trained
+    startup_s: float | None = None  # this process's start to its first training step (summary.json)
 
     def stop(self, reason: str = "stopped by a callback") -> None:
         """Ask training to end after the current epoch (callbacks call this); the run finishes normally."""
@@ -183,7 +185,8 @@ def resolve_preprocessing(info, entry, cfg: Config) -> Preprocessing:
         size = (cfg.img_size, cfg.img_size)
     else:
         size = tuple(entry.fit_size(s) for s in info.size)
-    return Preprocessing(size=size, channels=channels, mean=tuple(mean), std=tuple(std))
+    return Preprocessing(size=size, channels=channels, mean=tuple(mean), std=tuple(std),
+                         resize_policy=cfg.resize or "squash")
 
 
 def build_data(cfg: Config, run_dir: Path, dist: runtime.Dist, *, resumed: bool = False, arrays=None) -> RunData:
@@ -200,6 +203,8 @@ def build_data(cfg: Config, run_dir: Path, dist: runtime.Dist, *, resumed: bool 
     splits.splits["train"] = cap_per_class(splits.splits["train"], cfg.max_per_class, cfg.seed)
     if dist.is_main and not resumed:
         save_split(splits.record, split_file)
+    if cfg.resize is None:  # default per case, saved in config.yaml; runs saved before policies existed: squash
+        cfg.resize = "squash" if resumed else default_resize_policy(splits.splits["train"])
     prep = resolve_preprocessing(splits.info, entry, cfg)
     common = dict(prep=prep, batch_size=per_process_batch(cfg.batch_size, dist), seed=cfg.seed,
                   rank=dist.rank, world_size=dist.world_size, workers=cfg.workers,

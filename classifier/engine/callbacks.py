@@ -23,12 +23,15 @@ import torch.distributed as tdist
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
+from classifier.cache import describe_cache
 from classifier.config import save_yaml
+from classifier.data.splits import evaluation_split, split_note
 from classifier.errors import unknown_choice
 from classifier.evaluation import evaluate_and_report
 from classifier.fileio import atomic_target, atomic_write_text
 from classifier.inference import Predictor
 from classifier.models import model_summary
+from classifier.preprocess import policy_description
 from classifier.report.plots import confusion_matrix_figure, plot_learning_curves
 
 EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
@@ -101,6 +104,10 @@ def write_run_header(run) -> None:
     print(("resuming" if run.resumed else "training") + f" {cfg.model} ({cfg.mode}) on {cfg.dataset}: "
           f"{len(data.classes)} classes, {sizes}; input {prep.channels}x{prep.size[0]}x{prep.size[1]}; "
           f"device {run.device}" + (" bf16" if run.amp_dtype == torch.bfloat16 else ""))
+    print(f"resize policy: {policy_description(prep.resize_policy)}")
+    print(describe_cache())
+    if split_note(data.record or {}):
+        print(split_note(data.record))
     if run.dist.enabled:
         n = run.dist.world_size
         has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in run.raw_model.modules())
@@ -128,20 +135,22 @@ def plot_curves(run, summary: dict) -> None:
 
 
 def evaluate_test_split(run, summary: dict) -> None:
-    """End of training: best.pt on the run's test split, report in runs/NAME/eval/ (in fp32 even when
-    training used autocast: the figure the run reports is the one eval.py and the ONNX export reproduce)."""
-    test = run.data.splits.get("test")
+    """End of training: best.pt on the run's test split (val for a train/val layout without test images:
+    labelled so), report in runs/NAME/eval/ (in fp32 even when training used autocast: the figure the run
+    reports is the one eval.py and the ONNX export reproduce)."""
+    split = evaluation_split(run.data.record or {})
+    test = run.data.splits.get(split)
     if not run.cfg.eval_test or test is None or not len(test):
         return
     best = Path(run.dir) / "best.pt"
     predictor = Predictor.load(best) if best.exists() else Predictor.from_model(
         run.raw_model, run.data.prep, run.data.classes, tta_flip=run.cfg.tta_flip)
     metrics = evaluate_and_report(predictor, test, Path(run.dir) / "eval",
-                                  title=f"{run.cfg.model} on {run.cfg.dataset} (test split)", source=str(best),
+                                  title=f"{run.cfg.model} on {run.cfg.dataset} ({split} split)", source=str(best),
                                   history=run.state.history, progress=run.cfg.progress)
-    print(f"test accuracy {metrics['accuracy']:.2%} on {metrics['n_samples']} images; "
+    print(f"{split} accuracy {metrics['accuracy']:.2%} on {metrics['n_samples']} images; "
           f"report: {Path(run.dir) / 'eval' / 'report.md'}")
-    summary["test_accuracy"] = metrics["accuracy"]
+    summary[f"{split}_accuracy"], summary["evaluated_split"] = metrics["accuracy"], split
     summary["_confusion_figure"] = confusion_matrix_figure(np.asarray(metrics["confusion_matrix"]), run.data.classes)
 
 

@@ -21,10 +21,12 @@ from classifier.config import Config
 from classifier.engine import runtime
 from classifier.engine.build import Run, build_run
 from classifier.engine.callbacks import add_default_callbacks
+from classifier.engine.features import head_training
 from classifier.engine.loop import EpochSums, StepContext, evaluate, train_one_epoch
 from classifier.engine.optim import lr_factor, set_lr
 from classifier.errors import ClassifierError
 from classifier.fileio import atomic_write_text
+from classifier.startup import seconds_since_start
 from classifier.models import freeze_backbone, unfreeze_backbone
 from classifier.data.loaders import inverse_class_frequency
 
@@ -114,7 +116,9 @@ def _train_epochs(run: Run) -> None:
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     step_size = cfg.step_epochs * steps_per_epoch
 
-    def lr_at(step):
+    def lr_at(step):  # called with the first batch in hand, right before the first step
+        if run.startup_s is None:
+            run.startup_s = seconds_since_start()
         set_lr(run.optimizer, lr_factor(step, total, schedule=cfg.scheduler, warmup_steps=warmup,
                                          step_size=step_size))
 
@@ -123,19 +127,23 @@ def _train_epochs(run: Run) -> None:
             _save_progress(run, step, batch_done, sums)
         run.interrupt.check(step, batch_done, sums)
 
-    ctx = StepContext(run.optimizer, run.device, run.amp_dtype, cfg.label_smoothing, cfg.grad_clip,
-                      cfg.channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main,
-                      class_weights=_class_weights(run))
     if state.epoch >= cfg.epochs:
         if run.dist.is_main:
             print(f"run already has {state.epoch} epochs (--epochs {cfg.epochs}); nothing to train")
         return
+    # feature-extract: the head trains on cached backbone features (engine/features.py)
+    train_model, train_loader, channels_last, note = head_training(run)
+    if note and run.dist.is_main:
+        print(note, flush=True)
+    ctx = StepContext(run.optimizer, run.device, run.amp_dtype, cfg.label_smoothing, cfg.grad_clip,
+                      channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main,
+                      class_weights=_class_weights(run))
     for epoch in range(state.epoch, cfg.epochs):
         _set_finetune_phase(run, epoch)
-        loaders["train"].set_epoch(epoch)
+        train_loader.set_epoch(epoch)
         ctx.desc = f"epoch {epoch + 1}/{cfg.epochs}"
         sums = EpochSums(**state.epoch_sums) if state.batch_in_epoch else None
-        sums, state.step = train_one_epoch(run.model, loaders["train"], ctx, step=state.step,
+        sums, state.step = train_one_epoch(train_model, train_loader, ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
         val = evaluate(run.model, loaders["val"], run.device, amp_dtype=run.amp_dtype,
                        channels_last=cfg.channels_last, tta_flip=cfg.tta_flip)
@@ -241,6 +249,7 @@ def finish(run: Run) -> dict:
         "epochs": run.state.epoch, "best_epoch": run.state.best_epoch,
         "val_loss": run.state.best_val_loss if math.isfinite(run.state.best_val_loss) else None,
         "train_time_s": run.state.train_time_s,
+        "startup_s": run.startup_s,
     }
     best = Path(run.dir) / "best.pt"
     summary["size_bytes"] = best.stat().st_size if best.exists() else None
@@ -248,8 +257,9 @@ def finish(run: Run) -> dict:
     summary = {k: v for k, v in summary.items() if not k.startswith("_")}
     if run.dist.is_main:
         atomic_write_text(Path(run.dir) / "summary.json", json.dumps(summary, indent=2), "run summary")
-        acc = summary.get("test_accuracy")
+        split = summary.get("evaluated_split", "test")
+        acc = summary.get(f"{split}_accuracy")
         print(f"done: {run.state.epoch} epochs in {run.state.train_time_s / 60:.1f} min"
-              + (f", test accuracy {acc:.2%}" if acc is not None else "") + f"; outputs in {run.dir}")
+              + (f", {split} accuracy {acc:.2%}" if acc is not None else "") + f"; outputs in {run.dir}")
     run.summary = summary
     return summary
