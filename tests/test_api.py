@@ -221,6 +221,7 @@ def test_ctrl_c_saves_the_unfinished_epoch_and_resumes_exactly(tmp_path, tiny_fo
         return model, note
 
     monkeypatch.setattr(build, "build_model", interrupting_model)
+    handler_before = signal.getsignal(signal.SIGINT)  # default, or SIG_IGN when run in a background job
     with pytest.raises(KeyboardInterrupt):
         classifier.train(name="cut", **settings)
     monkeypatch.setattr(build, "build_model", real)
@@ -228,7 +229,7 @@ def test_ctrl_c_saves_the_unfinished_epoch_and_resumes_exactly(tmp_path, tiny_fo
     assert "python train.py --resume" in out and str(tmp_path / "cut") in out
     ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["state"]["batch_in_epoch"] == 3 and ckpt["step"] == 8
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) == handler_before
     resumed = classifier.train(resume=tmp_path / "cut")
     a, b = load_checkpoint(whole.dir / "last.pt")["model"], load_checkpoint(resumed.dir / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
