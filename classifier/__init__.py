@@ -14,5 +14,6 @@ from classifier.api import (EvalReport, Model, Prediction, Predictions, TrainRes
 from classifier.errors import ClassifierError
 from classifier.version import __version__
 
-__all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
+__all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction",
+           "Predictions",
            "TrainResult", "EvalReport", "ClassifierError", "__version__"]

@@ -43,7 +43,8 @@ from classifier.models import list_models as _registry_list_models
 from classifier.report.plots import plot_dataset_grid, plot_predictions_grid
 from classifier.report.writer import prediction_rows, write_predictions_csv
 
-__all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction", "Predictions",
+__all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction",
+           "Predictions",
            "TrainResult", "EvalReport"]
 GRID_IMAGES = 48  # images shown in predictions.png
 
@@ -68,7 +69,6 @@ def train(config: str | Path | None = None, *, resume: str | Path | None = None,
     The global state a run changes (torch thread count, deterministic mode, the torch / numpy / Python
     random generators) is restored when it returns.
     """
-    values = load_yaml(config) if config else {}
     arrays = None
     dataset = settings.get("dataset")
     if isinstance(dataset, (tuple, list)):
@@ -79,10 +79,7 @@ def train(config: str | Path | None = None, *, resume: str | Path | None = None,
     elif class_names is not None:
         raise ClassifierError("class_names names the classes of in-memory arrays: use it with "
                               "dataset=(images, labels) (to keep a subset of a dataset's classes, use classes=)")
-    values.update(settings)
-    cfg = make_config(with_recipe(values))
-    resolved = cfg.to_dict()
-    given = {key: resolved[key] for key in with_recipe(values)}  # as checked and typed (flags arrive as text)
+    cfg, given = resolve_settings(config, settings)
     with global_state_restored():
         run = fit(cfg, given=given, resume=resume, arrays=arrays, callbacks=callbacks)
     return TrainResult(Path(run.dir), run.summary or {}, list(run.state.history), run.cfg, run)
@@ -93,11 +90,18 @@ def find_lr(config: str | Path | None = None, *, plot: str | Path | None = None,
     optimiser and parameter groups): ``.suggestion`` (a number), ``.rule``, ``.lrs``, ``.losses``; ``plot``
     writes loss against learning rate with the suggestion marked. Writes no run folder; the global state
     (random generators, threads) is put back afterwards, as by ``train``."""
-    values = load_yaml(config) if config else {}
-    values.update(settings)
-    cfg = make_config(with_recipe(values))
+    cfg, _ = resolve_settings(config, settings)
     with global_state_restored():
         return find_lr_for_config(cfg, plot_path=plot)
+
+
+def resolve_settings(config, settings: dict) -> tuple[Config, dict]:
+    """The checked Config for a YAML file and API arguments (recipe < file < arguments), and the settings
+    given, as checked and typed (flags arrive as text)."""
+    values = with_recipe({**(load_yaml(config) if config else {}), **settings})
+    cfg = make_config(values)
+    resolved = cfg.to_dict()
+    return cfg, {key: resolved[key] for key in values}
 
 
 @contextlib.contextmanager
@@ -204,7 +208,8 @@ class Predictions(list):
 
     def __repr__(self) -> str:
         shown = ", ".join(repr(p) for p in self[:3]) + (", ..." if len(self) > 3 else "")
-        return f"Predictions({len(self)} images: [{shown}]" + (f"; {len(self.skipped)} skipped" if self.skipped else "") + ")"
+        skipped = f"; {len(self.skipped)} skipped" if self.skipped else ""
+        return f"Predictions({len(self)} images: [{shown}]{skipped})"
 
 
 class Model:
@@ -231,7 +236,7 @@ class Model:
                 f"input={prep.channels}x{prep.size[0]}x{prep.size[1]})")
 
     # --- predict
-    def predict(self, inputs, *, topk: int = 5, batch_size: int = 64, progress: bool = False) -> Predictions:
+    def predict(self, inputs, *, topk: int = 5, batch_size: int = 64) -> Predictions:
         """Predictions for image files, folders (searched recursively), PIL images, or numpy arrays /
         tensors: (H,W), (H,W,C) one image, (N,H,W[,C]) a batch; uint8 0-255 or float 0-1. A single
         input or a list of them. Unreadable files are skipped and listed in ``.skipped``."""
@@ -314,21 +319,20 @@ class Model:
         """Export a checkpoint to verified ONNX; options as export.py's flags (``quantize="int8"``,
         ``embed_preprocessing=True``, ``dynamic_size``, ``mobile="arm"``, ``benchmark``, ``threads``,
         ``opset``, ``verify``, ``quantize_method``, ``data_dir``). Returns the .onnx path."""
-        if self.path.suffix not in CHECKPOINT_SUFFIXES:
-            raise ClassifierError(f"{self.path} is already an exported model: export its checkpoint (.pt)")
-        try:
-            opts = ExportOptions(output=str(output) if output else None, **options)
-        except TypeError as err:
-            raise ClassifierError(f"export: {err}") from None
-        return export_checkpoint(self.path, opts)
+        return export_checkpoint(self._checkpoint(), ExportOptions.of(output=str(output) if output else None,
+                                                                       **options))
 
     def export_web(self, out_dir: str | Path | None = None, *, serve: bool = False, **options) -> Path:
         """A static web page that classifies images in the browser (``export.py --web``): index.html, the
         model(s), metadata.json and the ONNX Runtime Web files; options as ``export`` (e.g. quantize="int8").
         ``serve``: serve it on localhost until interrupted. Returns the folder."""
+        return export_web_checkpoint(self._checkpoint(), out_dir or "", serve_page=serve, **options)
+
+    def _checkpoint(self) -> Path:
+        """The checkpoint this model was loaded from; exported models cannot be exported again."""
         if self.path.suffix not in CHECKPOINT_SUFFIXES:
             raise ClassifierError(f"{self.path} is already an exported model: export its checkpoint (.pt)")
-        return export_web_checkpoint(self.path, out_dir or "", serve_page=serve, **options)
+        return self.path
 
 
 def image_files(path: str | Path) -> list[Path]:

@@ -124,9 +124,9 @@ def write_run_header(run) -> None:
 
 def save_given(given: dict, path: Path) -> None:
     text = yaml.safe_dump(given, sort_keys=True) if given else "{}\n"
-    path.write_text("# the settings given for this run (flags, config file, recipe, API arguments); every other\n"
-                    "# value in config.yaml is a default. A resume keeps these and never lets a default override them.\n"
-                    + text)
+    header = ("# the settings given for this run (flags, config file, recipe, API arguments); every other\n"
+              "# value in config.yaml is a default. A resume keeps these and never lets a default override them.\n")
+    atomic_write_text(path, header + text, "given settings")
 
 
 def plot_curves(run, summary: dict) -> None:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from classifier.data.loaders import inverse_class_frequency
 from classifier.engine.runtime import all_reduce_sum, autocast
 from classifier.errors import ClassifierError
 from classifier.inference import flip_averaged
@@ -55,6 +56,13 @@ class StepContext:
     desc: str = ""
     class_weights: torch.Tensor | None = None  # per-class loss weights (--class-weights auto), on ``device``
     extra: dict = field(default_factory=dict)
+
+
+def loss_class_weights(setting: str, labels, num_classes: int, device: torch.device) -> torch.Tensor | None:
+    """``--class-weights auto``: loss weights from the inverse class frequencies of the training labels."""
+    if setting != "auto":
+        return None
+    return torch.tensor(inverse_class_frequency(labels, num_classes), dtype=torch.float32, device=device)
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classifier.data.loaders import inverse_class_frequency
 from classifier.engine.build import build_run
-from classifier.engine.loop import StepContext, training_step
+from classifier.engine.loop import StepContext, loss_class_weights, training_step
 from classifier.engine.optim import set_lr
 from classifier.engine.runtime import amp_dtype, get_rng_state, select_device, set_rng_state
 from classifier.errors import ClassifierError
@@ -230,10 +229,7 @@ def step_context(cfg, model, optimizer, loader) -> StepContext:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    weights = None
-    if cfg.class_weights == "auto":
-        weights = torch.tensor(inverse_class_frequency(loader.samples.labels, model.num_classes),
-                               dtype=torch.float32, device=device)
+    weights = loss_class_weights(cfg.class_weights, loader.samples.labels, model.num_classes, device)
     return StepContext(optimizer, device, amp_dtype(cfg.amp, device), cfg.label_smoothing, cfg.grad_clip,
                        cfg.channels_last, class_weights=weights)
 

@@ -22,13 +22,12 @@ from classifier.engine import runtime
 from classifier.engine.build import Run, build_run
 from classifier.engine.callbacks import add_default_callbacks
 from classifier.engine.features import head_training
-from classifier.engine.loop import EpochSums, StepContext, evaluate, train_one_epoch
+from classifier.engine.loop import EpochSums, StepContext, evaluate, loss_class_weights, train_one_epoch
 from classifier.engine.optim import lr_factor, set_lr
 from classifier.errors import ClassifierError
 from classifier.fileio import atomic_write_text
 from classifier.startup import seconds_since_start
 from classifier.models import freeze_backbone, unfreeze_backbone
-from classifier.data.loaders import inverse_class_frequency
 
 
 def fit(cfg: Config, *, given: dict | None = None, resume: str | Path | None = None, arrays=None,
@@ -137,7 +136,8 @@ def _train_epochs(run: Run) -> None:
         print(note, flush=True)
     ctx = StepContext(run.optimizer, run.device, run.amp_dtype, cfg.label_smoothing, cfg.grad_clip,
                       channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main,
-                      class_weights=_class_weights(run))
+                      class_weights=loss_class_weights(cfg.class_weights, loaders["train"].samples.labels,
+                                                       len(run.data.classes), run.device))
     for epoch in range(state.epoch, cfg.epochs):
         _set_finetune_phase(run, epoch)
         train_loader.set_epoch(epoch)
@@ -151,14 +151,6 @@ def _train_epochs(run: Run) -> None:
             break
         if run.interrupt.requested:
             run.interrupt.save_and_stop()
-
-
-def _class_weights(run: Run) -> torch.Tensor | None:
-    """``--class-weights auto``: loss weights from the inverse class frequencies of the training samples."""
-    if run.cfg.class_weights != "auto":
-        return None
-    weights = inverse_class_frequency(run.data.loaders["train"].samples.labels, len(run.data.classes))
-    return torch.tensor(weights, dtype=torch.float32, device=run.device)
 
 
 def _set_finetune_phase(run: Run, epoch: int) -> None:

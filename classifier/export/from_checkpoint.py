@@ -45,6 +45,14 @@ class ExportOptions:
     opset: int | None = None
     data_dir: str | None = None  # dataset folder (default: the one the run was trained with)
 
+    @classmethod
+    def of(cls, **options) -> "ExportOptions":
+        """Options from keyword arguments; an unknown name is a one-line error."""
+        try:
+            return cls(**options)
+        except TypeError as err:
+            raise ClassifierError(f"export: {err}") from None
+
     def check(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ClassifierError(f"--threads must be at least 1, got {self.threads}")

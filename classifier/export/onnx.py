@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from classifier.version import __version__
-from classifier.artifact import (INPUT_NAME, OUTPUT_NAME, first_line, load_proto, open_session, preprocessing_metadata, set_metadata)
+from classifier.artifact import (INPUT_NAME, OUTPUT_NAME, first_line, load_proto, open_session,
+                                 preprocessing_metadata, set_metadata)
 from classifier.errors import ClassifierError
 from classifier.export.graph import trim_conv_kernels
 from classifier.fileio import atomic_target, make_output_dir

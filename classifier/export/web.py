@@ -84,10 +84,7 @@ def export_web_checkpoint(checkpoint, out_dir=None, *, serve_page: bool = False,
     ``ExportOptions`` (quantize, quantize_method, verify, opset, data_dir). ``out_dir`` None: no --web."""
     if out_dir is None:
         raise ClassifierError("--serve serves the page that --web writes: add --web [DIR]")
-    try:
-        opts = ExportOptions(**options)
-    except TypeError as err:
-        raise ClassifierError(f"export: {err}") from None
+    opts = ExportOptions.of(**options)
     opts.check()
     unused = [name for name in ("output", "mobile", "benchmark", "dynamic_size") if getattr(opts, name)]
     if unused:
