@@ -26,10 +26,11 @@ from classifier.config import RECIPES_DIR, load_recipe, load_yaml, make_config, 
     with_recipe  # noqa: E402
 from classifier.data import InMemoryLoader, StreamingLoader, load_dataset  # noqa: E402
 from classifier.engine import loop  # noqa: E402
-from classifier.engine.runtime import Dist  # noqa: E402
+from classifier.engine.runtime import Dist, use_channels_last  # noqa: E402
 from classifier.engine.build import build_data  # noqa: E402
 from classifier.engine.trainer import fit  # noqa: E402
 from classifier.inference import Predictor  # noqa: E402
+from classifier.models import create_model  # noqa: E402
 from classifier.preprocess import Preprocessing  # noqa: E402
 
 
@@ -74,6 +75,26 @@ def test_each_speed_option_off_still_trains(tmp_path, tiny_folder, restore_threa
     assert summary["epochs"] == 1 and math.isfinite(summary["val_loss"]) and summary["test_accuracy"] is not None
     trained = torch.load(run_dir / "last.pt", weights_only=True)["model"]
     assert any(not torch.equal(trained[k], v) for k, v in seen["initial"].items() if v.is_floating_point())
+
+
+def test_channels_last_is_left_off_where_the_cpu_backward_corrupts_memory(tmp_path, tiny_folder, capsys):
+    """A 1x1 stride-2 convolution with 2-7 input channels (the custom resnet at width 4) trains in the default
+    memory format: in channels_last, torch 2.13's oneDNN backward aborted the process or hung. Wider models
+    keep channels_last."""
+    cpu = torch.device("cpu")
+    assert use_channels_last(True, create_model("resnet", num_classes=2, width=8), cpu)
+    assert not use_channels_last(True, create_model("resnet", num_classes=2, width=4), cpu)
+    assert not use_channels_last(False, create_model("resnet", num_classes=2, width=8), cpu)
+    seen = {}
+
+    def probe(run):
+        seen.update(run=run.channels_last, weights=[m.weight.is_contiguous(memory_format=torch.channels_last)
+                                                    for m in run.raw_model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)])
+
+    fit(make_config(tiny_run(tmp_path, tiny_folder, model="resnet", extra={"width": 4}, amp="off")),
+        callbacks={"on_train_start": [probe]})
+    assert seen["run"] is False and not any(seen["weights"])
+    assert "channels_last off: the model has a 1x1 stride-2 convolution" in capsys.readouterr().out
 
 
 def test_in_memory_and_streaming_runs_get_the_same_data(tmp_path):

@@ -68,6 +68,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     state: TrainState
     callbacks: Callbacks
+    channels_last: bool  # --channels-last as this model and device can take it (runtime.use_channels_last)
     resumed: bool = False
     load_note: str | None = None  # which weights were loaded (pretrained / a checkpoint)
     stop_reason: str | None = None  # set by ``stop()``: training ends after the current epoch
@@ -115,12 +116,16 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
         state = TrainState(**ckpt["state"])
         runtime.set_rng_state(ckpt["rng"])
     raw_model.to(device)
-    if cfg.channels_last:
+    channels_last = runtime.use_channels_last(cfg.channels_last, raw_model, device)
+    if channels_last:
         raw_model.to(memory_format=torch.channels_last)
+    elif cfg.channels_last and dist.is_main:
+        print("channels_last off: the model has a 1x1 stride-2 convolution with under 8 input channels, whose "
+              "CPU backward in this torch build corrupts memory", flush=True)
     _move_optimizer_state(optimizer, device)
     model = wrap_model(raw_model, cfg, dist, device)
     run = Run(cfg, given, run_dir, dist, device, runtime.amp_dtype(cfg.amp, device), data, model, raw_model,
-              optimizer, state, Callbacks(), resumed=ckpt is not None, load_note=load_note)
+              optimizer, state, Callbacks(), channels_last, resumed=ckpt is not None, load_note=load_note)
     for event, fns in (callbacks or {}).items():
         for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
             run.callbacks.add(event, fn)

@@ -96,7 +96,7 @@ def head_training(run):
     """(module to train, its training loader, channels_last, note or None) for the trainer: the head on
     cached features for a feature-extract run (``--feature-cache auto``), else the run's model and loader."""
     cfg, loader = run.cfg, run.data.loaders["train"]
-    plain = (run.model, loader, cfg.channels_last)
+    plain = (run.model, loader, run.channels_last)
     if cfg.mode != "feature-extract":
         return (*plain, None)
     if cfg.feature_cache == "off":
@@ -104,7 +104,7 @@ def head_training(run):
     if run.dist.enabled or cfg.compile:
         return (*plain, "feature cache off: not with torchrun or --compile")
     features, note = cached_feature_loader(run.raw_model, loader, device=run.device, amp_dtype=run.amp_dtype,
-                                           channels_last=cfg.channels_last)
+                                           channels_last=run.channels_last)
     if features is None:
         return (*plain, note)
     return run.raw_model.head, features, False, note

@@ -31,7 +31,7 @@ import torch
 from classifier.engine.build import build_run
 from classifier.engine.loop import StepContext, loss_class_weights, training_step
 from classifier.engine.optim import set_lr
-from classifier.engine.runtime import amp_dtype, get_rng_state, select_device, set_rng_state
+from classifier.engine.runtime import amp_dtype, get_rng_state, select_device, set_rng_state, use_channels_last
 from classifier.errors import ClassifierError
 from classifier.report.plots import plot_lr_finder
 
@@ -227,11 +227,12 @@ def step_context(cfg, model, optimizer, loader) -> StepContext:
     """The training step's settings from a config (what the trainer passes to ``train_one_epoch``)."""
     device = select_device(cfg.device)
     model.to(device)
-    if cfg.channels_last:
+    channels_last = use_channels_last(cfg.channels_last, model, device)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     weights = loss_class_weights(cfg.class_weights, loader.samples.labels, model.num_classes, device)
     return StepContext(optimizer, device, amp_dtype(cfg.amp, device), cfg.label_smoothing, cfg.grad_clip,
-                       cfg.channels_last, class_weights=weights)
+                       channels_last, class_weights=weights)
 
 
 def find_lr_for_config(cfg, *, plot_path=None, **options) -> LRFinderResult:

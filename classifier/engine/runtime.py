@@ -51,6 +51,20 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if (amp == "on" or native) else None
 
 
+def use_channels_last(wanted: bool, model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether to train ``model`` in the channels_last memory format (``--channels-last``, on by default).
+
+    Not on a CPU when the model has a 1x1 stride-2 convolution with 2-7 input channels: there the oneDNN
+    backward of torch 2.13's CPU build (jit_avx2_1x1_convolution_bwd_weights) writes outside its buffers,
+    which aborts the process ("corrupted size vs. prev_size", "free(): invalid pointer") or hangs it. Found
+    with the custom resnet at width 4; such narrow layers are too small for the memory format to matter.
+    """
+    if not wanted or device.type != "cpu":
+        return wanted
+    return not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and 1 < m.in_channels < 8 for m in model.modules())
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 

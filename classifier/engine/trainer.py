@@ -146,7 +146,7 @@ def _train_epochs(run: Run) -> None:
         sums, state.step = train_one_epoch(train_model, train_loader, ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
         val = evaluate(run.model, loaders["val"], run.device, amp_dtype=run.amp_dtype,
-                       channels_last=cfg.channels_last, tta_flip=cfg.tta_flip)
+                       channels_last=run.channels_last, tta_flip=cfg.tta_flip)
         if _end_epoch(run, epoch, sums, val):
             break
         if run.interrupt.requested:
