@@ -36,8 +36,6 @@ from classifier.data.splits import evaluation_split
 from classifier.engine.trainer import fit
 from classifier.errors import ClassifierError
 from classifier.evaluation import evaluate_and_report, images_to_uint8_batch
-from classifier.export.from_checkpoint import ExportOptions, export_checkpoint
-from classifier.export.web import export_web_checkpoint
 from classifier.inference import CHECKPOINT_SUFFIXES, Predictor
 from classifier.models import list_models as _registry_list_models
 from classifier.report.plots import plot_dataset_grid, plot_predictions_grid
@@ -116,7 +114,10 @@ def global_state_restored():
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        # only when the run changed it: the call imports torch._dynamo and torch._inductor (~3 s)
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != (deterministic, warn_only):
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.set_rng_state(rng[0])
         np.random.set_state(rng[1])
         random.setstate(rng[2])
@@ -319,6 +320,9 @@ class Model:
         """Export a checkpoint to verified ONNX; options as export.py's flags (``quantize="int8"``,
         ``embed_preprocessing=True``, ``dynamic_size``, ``mobile="arm"``, ``benchmark``, ``threads``,
         ``opset``, ``verify``, ``quantize_method``, ``data_dir``). Returns the .onnx path."""
+        # classifier.export here, not at the top: it imports onnx (~1.2 s), which training never needs
+        from classifier.export.from_checkpoint import ExportOptions, export_checkpoint
+
         return export_checkpoint(self._checkpoint(), ExportOptions.of(output=str(output) if output else None,
                                                                        **options))
 
@@ -326,6 +330,8 @@ class Model:
         """A static web page that classifies images in the browser (``export.py --web``): index.html, the
         model(s), metadata.json and the ONNX Runtime Web files; options as ``export`` (e.g. quantize="int8").
         ``serve``: serve it on localhost until interrupted. Returns the folder."""
+        from classifier.export.web import export_web_checkpoint  # see export
+
         return export_web_checkpoint(self._checkpoint(), out_dir or "", serve_page=serve, **options)
 
     def _checkpoint(self) -> Path:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from classifier.errors import ClassifierError
 from classifier.preprocess import Preprocessing, policy_description
+
+if TYPE_CHECKING:
+    import onnx
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -69,6 +71,8 @@ def first_line(err: BaseException, limit: int = 240) -> str:
 
 def set_metadata(proto: onnx.ModelProto, props: dict) -> None:
     """Store ``props`` in ``metadata_props``, replacing keys already there; None values are skipped."""
+    import onnx  # in the ONNX functions, not at the top: ~1.2 s to import (ml_dtypes), and training never needs it
+
     encoded = {k: _encode(v) for k, v in props.items() if v is not None}
     keep = {p.key: p.value for p in proto.metadata_props if p.key not in encoded}
     del proto.metadata_props[:]
@@ -122,6 +126,8 @@ def prep_from_metadata(meta: dict, source="model") -> Preprocessing:
 
 def load_proto(path, *, with_weights: bool = False) -> onnx.ModelProto:
     """Load an ONNX file; external data must lie inside the model's own folder."""
+    import onnx  # see set_metadata
+
     path = Path(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -135,6 +141,8 @@ def load_proto(path, *, with_weights: bool = False) -> onnx.ModelProto:
 
 def check_external_data(proto: onnx.ModelProto, model_dir: Path) -> None:
     """Refuse tensors whose external data file is outside ``model_dir`` (absolute, ``..`` or a symlink out)."""
+    import onnx  # see set_metadata
+
     root = Path(model_dir).resolve()
     for tensor in _all_tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:

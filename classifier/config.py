@@ -28,7 +28,7 @@ SAMPLERS = ("shuffle", "balanced")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # what a resume may change (a longer run, the hardware, logging); every other key stays the run's own
 RESUMABLE_KEYS = frozenset({"epochs", "device", "threads", "progress", "workers", "save_every", "early_stopping",
-                            "tensorboard", "eval_test"})
+                            "tensorboard", "eval_test", "plots"})
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,7 @@ class Config:
     tensorboard: bool = True
     progress: bool = True  # progress bar per epoch
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
+    plots: bool = True  # PNG figures: curves.png and the test report's (off: its numbers and tables only, ~3 s less)
     tta_flip: bool = False  # evaluation (val, test) averages the logits of each image and its mirror image
     extra: dict = key(factory=dict)  # free-form model kwargs, e.g. {dropout: 0.2, width: 64}
 

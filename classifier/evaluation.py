@@ -104,11 +104,12 @@ def images_to_uint8_batch(images: list, side: int) -> np.ndarray:
 
 
 def evaluate_and_report(predictor: Predictor, samples, out_dir, *, title: str = "", source: str = "",
-                        history=None, batch_size: int = 256, progress: bool = True) -> dict:
+                        history=None, batch_size: int = 256, progress: bool = True, figures: bool = True) -> dict:
     """Predict every sample, compute the metrics, write the report folder; returns the metrics.
 
     Samples labelled -1 (a class the model does not know) are predicted and listed in predictions.csv
-    but kept out of the metrics, and counted in ``metrics["unknown_class_samples"]``.
+    but kept out of the metrics, and counted in ``metrics["unknown_class_samples"]``. ``figures``: also
+    draw the report's PNG figures.
     """
     classes, channels = predictor.classes, predictor.prep.channels
     probs, labels, indices, skipped = run_predictions(predictor, samples, batch_size=batch_size, progress=progress)
@@ -117,7 +118,7 @@ def evaluate_and_report(predictor: Predictor, samples, out_dir, *, title: str = 
     metrics["unknown_class_samples"] = int((~known).sum())
     metrics["skipped_files"] = skipped
     rows = prediction_rows([sample_name(samples, i) for i in indices], probs, classes, y_true=labels)
-    grid = grid_samples(samples, indices, probs, labels, channels) if len(indices) else None
+    grid = grid_samples(samples, indices, probs, labels, channels) if len(indices) and figures else None
     write_evaluation_report(out_dir, metrics, predictions=rows, sample_images=grid, history=history,
-                            title=title, source=source)
+                            title=title, source=source, figures=figures)
     return metrics

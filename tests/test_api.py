@@ -24,7 +24,7 @@ from classifier.engine import build
 from classifier.errors import ClassifierError
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(batch_size=16, progress=False, amp="off", workers=0, tensorboard=False)
+FAST = dict(batch_size=16, progress=False, amp="off", workers=0, tensorboard=False, plots=False)
 
 
 def stripes(n: int = 90, side: int = 16, seed: int = 0):
@@ -131,7 +131,7 @@ def load_split_paths(run_dir, split):
 def test_cli_and_api_give_the_same_run_and_predictions(tmp_path, tiny_folder):
     argv = ["--model", "lenet5", "--dataset", f"folder:{tiny_folder}", "--epochs", "2", "--project",
             str(tmp_path), "--name", "cli", "--batch-size", "16", "--progress", "false", "--amp", "off",
-            "--workers", "0", "--tensorboard", "false"]
+            "--workers", "0", "--tensorboard", "false", "--plots", "false"]
     cli_dir = train_main(argv)
     api_run = classifier.train(model="lenet5", dataset=f"folder:{tiny_folder}", epochs=2, project=str(tmp_path),
                                name="api", **FAST)
@@ -188,7 +188,7 @@ def test_train_restores_global_state(tmp_path, tiny_folder):
 def test_resume_honours_every_given_flag(tmp_path, tiny_folder):
     """Defect: --epochs 10 (the default value) on a finished 2-epoch run was ignored on resume."""
     argv = ["--model", "lenet5", "--dataset", f"folder:{tiny_folder}", "--project", str(tmp_path), "--name", "r",
-            "--batch-size", "16", "--progress", "false", "--amp", "off", "--workers", "0", "--tensorboard", "false"]
+            "--batch-size", "16", "--progress", "false", "--amp", "off", "--workers", "0", "--tensorboard", "false", "--plots", "false"]
     run_dir = train_main(argv + ["--epochs", "2", "--early-stopping", "1", "--lr", "0.02"])
     done = json.loads((run_dir / "summary.json").read_text())["epochs"]
     assert done <= 2
@@ -204,7 +204,7 @@ def test_ctrl_c_saves_the_unfinished_epoch_and_resumes_exactly(tmp_path, tiny_fo
     """Defect: Ctrl-C kept only the last end-of-epoch checkpoint. SIGINT in the middle of epoch 2 now
     saves that epoch's progress; resuming gives the same weights as an uninterrupted run."""
     settings = dict(model="lenet5", dataset=f"folder:{tiny_folder}", epochs=3, batch_size=8, progress=False,
-                    amp="off", workers=0, tensorboard=False, eval_test=False, project=str(tmp_path))
+                    amp="off", workers=0, tensorboard=False, eval_test=False, plots=False, project=str(tmp_path))
     whole = classifier.train(name="whole", **settings)
     real = build.build_model
 
@@ -238,7 +238,7 @@ def test_ctrl_c_saves_the_unfinished_epoch_and_resumes_exactly(tmp_path, tiny_fo
 def test_ctrl_c_on_the_command_line_exits_cleanly_with_the_resume_command(tmp_path, tiny_folder):
     cmd = [sys.executable, str(ROOT / "train.py"), "--model", "lenet5", "--dataset", f"folder:{tiny_folder}",
            "--epochs", "100000", "--batch-size", "4", "--project", str(tmp_path), "--name", "sig", "--progress",
-           "false", "--amp", "off", "--workers", "0", "--tensorboard", "false"]
+           "false", "--amp", "off", "--workers", "0", "--tensorboard", "false", "--plots", "false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.time() + 120

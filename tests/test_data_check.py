@@ -11,6 +11,7 @@ from classifier.commands.train import main as train_main
 from tests.conftest import COLOURS, UNREADABLE, UNUSUAL, write_class_images, write_problem_files
 
 FAST = ["--batch-size", "8", "--progress", "false", "--amp", "off", "--workers", "0", "--tensorboard", "false",
+        "--plots", "false",
         "--eval-test", "false"]
 
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 # i.e. 2 and 1 batches of 4), test 12. lenet5 has no BatchNorm: see test_two_processes_train_like_one.
 # No --deterministic: these CPU kernels are deterministic anyway, and it costs each process 3 s of imports.
 CONFIG = dict(model="lenet5", epochs=3, batch_size=8, optimizer="sgd", lr=0.05, val_fraction=0.15, seed=5,
-              amp="off", workers=0, channels_last=False)
+              amp="off", workers=0, channels_last=False, plots=False)
 
 
 def torchrun(*args: str, max_restarts: int = 0) -> subprocess.CompletedProcess:

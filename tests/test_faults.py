@@ -131,7 +131,7 @@ main(sys.argv[1:])
 # saves; augmentation is a function of (seed, epoch, sample).
 RUN = ["--model", "lenet5-dropout", "--epochs", "3", "--batch-size", "8", "--augment", "light", "--seed", "3",
        "--save-every", "2", "--deterministic", "--threads", "1", "--workers", "0", "--amp", "off",
-       "--progress", "false", "--tensorboard", "false", "--eval-test", "false"]
+       "--progress", "false", "--tensorboard", "false", "--eval-test", "false", "--plots", "false"]
 TIMING = ("epoch_time_s", "images_per_s")
 
 
@@ -184,7 +184,7 @@ def test_sigkill_then_resume_ends_bit_identical(runs, kill, saved):
 
 # --- non-finite loss and weights ---------------------------------------------------------------------
 FAST = ["--model", "lenet5", "--batch-size", "8", "--save-every", "2", "--progress", "false", "--amp", "off",
-        "--workers", "0", "--tensorboard", "false", "--eval-test", "false"]
+        "--workers", "0", "--tensorboard", "false", "--eval-test", "false", "--plots", "false"]
 
 
 class BlowUpGradient(torch.autograd.Function):

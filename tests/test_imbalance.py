@@ -85,7 +85,7 @@ def test_class_weights_weight_the_training_loss(ten_to_one, tmp_path, monkeypatc
 
     monkeypatch.setattr(trainer, "train_one_epoch", spy)
     base = dict(model="lenet5", dataset=f"folder:{ten_to_one}", epochs=1, batch_size=8, progress=False, amp="off",
-                workers=0, tensorboard=False, eval_test=False, project=str(tmp_path), augment="none")
+                workers=0, tensorboard=False, eval_test=False, plots=False, project=str(tmp_path), augment="none")
     for weights in ("none", "auto"):
         trainer.fit(make_config({**base, "class_weights": weights, "name": weights}))
     (none_weights, _, none_loss), (auto_weights, labels, auto_loss) = calls

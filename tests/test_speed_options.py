@@ -43,7 +43,8 @@ def restore_threads():
 
 def tiny_run(tmp_path, dataset, **overrides) -> dict:
     return {**dict(dataset=f"folder:{dataset}", model="vggnet", extra={"width": 8}, epochs=1, batch_size=16,
-                   amp="on", workers=0, progress=False, tensorboard=False, project=str(tmp_path / "runs")),
+                   amp="on", workers=0, progress=False, tensorboard=False, plots=False,
+                   project=str(tmp_path / "runs")),
             **overrides}
 
 

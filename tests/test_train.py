@@ -13,7 +13,7 @@ from classifier.commands.train import main as train_main
 from classifier.errors import ClassifierError
 from tests.conftest import write_class_images
 
-FAST = ["--batch-size", "16", "--progress", "false", "--amp", "off", "--workers", "0"]
+FAST = ["--batch-size", "16", "--progress", "false", "--amp", "off", "--workers", "0", "--plots", "false"]
 
 
 def train(tmp_path, dataset, *extra, name="run"):
@@ -22,9 +22,10 @@ def train(tmp_path, dataset, *extra, name="run"):
 
 
 def test_cli_end_to_end_writes_the_run_folder(tmp_path, tiny_folder, capsys):
-    run = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "2", "--lr", "0.05")
+    run = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "2", "--lr", "0.05", "--plots", "true")
     for name in ("config.yaml", "model_summary.txt", "split.json", "history.csv", "best.pt", "last.pt",
-                 "summary.json", "curves.png", "eval/report.md", "eval/metrics.json"):
+                 "summary.json", "curves.png", "eval/report.md", "eval/metrics.json",
+                 "eval/figures/confusion_matrix.png"):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     rows = list(csv.DictReader((run / "history.csv").open()))
@@ -47,6 +48,10 @@ def test_learns_the_tiny_task(tmp_path, tiny_folder):
     run = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "6", "--optimizer", "adam",
                 "--lr", "0.01", "--augment", "none")
     assert json.loads((run / "summary.json").read_text())["test_accuracy"] >= 0.9
+    # --plots false (the tests' default): the report's numbers and tables, no figures
+    assert (run / "eval" / "report.md").is_file() and (run / "eval" / "metrics.json").is_file()
+    assert not (run / "curves.png").exists() and not (run / "eval" / "figures").exists()
+    assert "## Figures" not in (run / "eval" / "report.md").read_text()
 
 
 def test_without_validation_split_best_is_the_last_epoch(tmp_path, tiny_folder, capsys):

@@ -122,7 +122,7 @@ def tiny_run(tmp_path, project):
     data = write_class_images(tmp_path / "colours", per_class=4)
     return make_config({"model": "resnet", "extra": {"width": 4}, "dataset": f"folder:{data}", "project": str(project),
                         "name": "run", "epochs": 1, "batch_size": 4, "workers": 0, "progress": False,
-                        "tensorboard": False, "eval_test": False})
+                        "tensorboard": False, "eval_test": False, "plots": False})
 
 
 def test_full_disk_during_a_checkpoint_save_then_resume(tmp_path, small_disk, monkeypatch):

@@ -147,11 +147,13 @@ def evaluate_test_split(run, summary: dict) -> None:
         run.raw_model, run.data.prep, run.data.classes, tta_flip=run.cfg.tta_flip)
     metrics = evaluate_and_report(predictor, test, Path(run.dir) / "eval",
                                   title=f"{run.cfg.model} on {run.cfg.dataset} ({split} split)", source=str(best),
-                                  history=run.state.history, progress=run.cfg.progress)
+                                  history=run.state.history, progress=run.cfg.progress, figures=run.cfg.plots)
     print(f"{split} accuracy {metrics['accuracy']:.2%} on {metrics['n_samples']} images; "
           f"report: {Path(run.dir) / 'eval' / 'report.md'}")
     summary[f"{split}_accuracy"], summary["evaluated_split"] = metrics["accuracy"], split
-    summary["_confusion_figure"] = confusion_matrix_figure(np.asarray(metrics["confusion_matrix"]), run.data.classes)
+    if run.cfg.plots:
+        summary["_confusion_figure"] = confusion_matrix_figure(np.asarray(metrics["confusion_matrix"]),
+                                                               run.data.classes)
 
 
 def add_default_callbacks(run) -> None:
@@ -162,7 +164,8 @@ def add_default_callbacks(run) -> None:
         run.callbacks.add("on_train_start", write_run_header)
         run.callbacks.add("on_epoch_end", print_epoch)
         run.callbacks.add("on_epoch_end", write_history)
-        run.callbacks.add("on_train_end", plot_curves)
+        if run.cfg.plots:
+            run.callbacks.add("on_train_end", plot_curves)
         run.callbacks.add("on_train_end", evaluate_test_split)
         if run.cfg.tensorboard:
             tb = TensorBoardLogger(Path(run.dir) / "tensorboard")

@@ -146,6 +146,8 @@ def _confused_section(m: dict) -> list[str]:
 
 
 def _figures_section(figures: dict[str, Path], out_dir: Path) -> list[str]:
+    if not figures:
+        return []
     titles = {
         "confusion_matrix": "Confusion matrix (counts)",
         "confusion_matrix_normalized": "Confusion matrix (row-normalised)",
@@ -185,20 +187,21 @@ def _draw_figures(fig_dir: Path, metrics: dict, sample_images, history) -> dict[
 
 def write_evaluation_report(out_dir: str | os.PathLike, metrics: dict, *, predictions: list[dict],
                             sample_images: dict | None = None, history: list[dict] | None = None,
-                            title: str = "", source: str = "") -> dict[str, Path]:
+                            title: str = "", source: str = "", figures: bool = True) -> dict[str, Path]:
     """Write the report folder and return {name: path} of every file written.
 
     metrics: ``compute_metrics(...)``. predictions: rows for predictions.csv (see ``prediction_rows``).
     sample_images: {"images": uint8 (N,H,W,C), "y_pred": ints, "confidence": floats, "y_true": ints
     or None} for the sample-predictions grid. history: training history rows for learning curves.
-    source: what was evaluated (checkpoint path, dataset split), shown under the title.
+    source: what was evaluated (checkpoint path, dataset split), shown under the title. figures: False
+    writes the numbers and tables without the PNG figures.
     """
     out_dir = make_output_dir(out_dir, "report folder")
     written = {
         "metrics": write_metrics_json(out_dir / "metrics.json", metrics),
         "predictions": write_predictions_csv(out_dir / "predictions.csv", predictions),
     }
-    figures = _draw_figures(out_dir / "figures", metrics, sample_images, history)
+    figures = _draw_figures(out_dir / "figures", metrics, sample_images, history) if figures else {}
     written.update(figures)
     lines = [f"# {title or 'Evaluation report'}", ""]
     if source:
