@@ -65,7 +65,7 @@ def ddp_run(colours):
     """train.py under torchrun, 2 processes; (run folder, the job's stdout and stderr)."""
     project = colours.parent / "runs-ddp"
     done = torchrun("train.py", "--dataset", f"folder:{colours}", "--project", str(project), "--name", "ddp",
-                    "--progress", "true", *as_flags(CONFIG))
+                    "--progress", "true", *as_flags(CONFIG), "--plots", "true")  # rank 0 alone draws the figures
     return project / "ddp", done
 
 
