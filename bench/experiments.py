@@ -184,7 +184,7 @@ def run_state(run: Run) -> str:
 
 # settings that say where the run folder and data are or how fast a run goes, not what it learns
 NOT_RESULT_KEYS = {"name", "project", "data_dir", "download", "workers", "threads", "device", "compile",
-                   "progress", "tensorboard", "exist_ok", "save_every", "in_memory"}
+                   "progress", "tensorboard", "exist_ok", "save_every", "in_memory", "plots"}
 # settings whose default (None) a run resolves per case and saves resolved (resize: squash or crop)
 RESOLVED_BY_THE_RUN = {"resize"}
 
@@ -193,12 +193,12 @@ def stale_settings(run: Run, cfg, matrix: Matrix) -> str | None:
     """Why a started run's folder is not what the matrix now asks for, or None: settings changed since
     (e.g. ``epochs 6 -> 15``), or the run it starts from was trained again after it. A run made with other
     settings must not be reported as this matrix's result."""
-    from classifier.config import load_yaml
+    from classifier.config import load_yaml, resolve_for_model
 
     path = run.dir / "config.yaml"
     if cfg is None or not path.is_file():
         return None
-    saved, wanted = load_yaml(path), cfg.to_dict()
+    saved, wanted = load_yaml(path), resolve_for_model(cfg).to_dict()  # per-mode defaults as the run saved them
     if run.needs and saved.get("weights") and Path(saved["weights"]).parent.name == run.needs:
         saved["weights"] = wanted["weights"]  # the same run's checkpoint, whichever folder it was run from
     changed = [f"{k} {saved[k]} -> {wanted[k]}" for k in wanted

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.config import FIELDS, check_for_model, key_types, make_config, resolve_config
+from classifier.config import FIELDS, resolve_for_model, key_types, make_config, resolve_config
 from classifier.commands.train import build_parser
 from classifier.errors import ClassifierError
 
@@ -125,8 +125,8 @@ def test_rules_across_keys_and_non_finite_numbers(values, message):
 ])
 def test_input_size_is_checked_against_the_model(model, size, message):
     with pytest.raises(ClassifierError, match=f"^{message}$"):
-        check_for_model(make_config({"model": model, "img_size": size}))
-    check_for_model(make_config({"model": model, "img_size": 32}))
+        resolve_for_model(make_config({"model": model, "img_size": size}))
+    resolve_for_model(make_config({"model": model, "img_size": 32}))
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from classifier.config import check_for_model, make_config
+from classifier.config import resolve_for_model, make_config
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_entry, model_from_checkpoint
 from classifier.models.pretrained import import_timm
@@ -64,6 +64,6 @@ def test_checkpoint_rebuilds_the_net_at_its_trained_size():
 ])
 def test_a_size_the_net_cannot_take_is_refused_before_data_loads(name, size, sides):
     with pytest.raises(ClassifierError) as err:
-        check_for_model(make_config({"model": name, "img_size": size}))
+        resolve_for_model(make_config({"model": name, "img_size": size}))
     assert str(err.value).startswith(f"img_size={size} does not fit model '{name}': it runs at input sides {sides} "
                                      "(tried: 16, 32, 64, 128, 224, ")

@@ -14,7 +14,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
 from classifier.checkpoint import load_checkpoint
-from classifier.config import RESUMABLE_KEYS, Config, check_for_model, make_config
+from classifier.config import RESUMABLE_KEYS, Config, make_config, resolve_for_model
 from classifier.data import build_loader, cap_per_class, default_augment, run_splits, save_split
 from classifier.data.check import run_check
 from classifier.data.datasets import default_resize_policy
@@ -89,7 +89,7 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
     dataset is ``arrays:...``. ``callbacks``: {event: [fn, ...]} added after the default loggers.
     """
     given = dict(given or {})
-    check_for_model(cfg)  # model-dependent values, before any folder is made or data loaded
+    cfg = resolve_for_model(cfg)  # model-dependent values, before any folder is made or data loaded
     dist = runtime.init_distributed(cfg.device)
     ckpt = None
     restarts = 0 if resume else runtime.elastic_restart_count()
