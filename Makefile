@@ -5,11 +5,15 @@ PY     := $(VENV)/bin/python
 # torch is pinned to the CPU build first: an unpinned torch would pull several GB of CUDA packages.
 # torchvision is pinned to the release that pairs with it (a newer one would pull a newer, CUDA torch).
 TORCH  ?= torch==2.13.0 torchvision==0.28.0
+# Python may write .pyc files for what these commands import (an empty value is "unset"): where the
+# environment sets PYTHONDONTWRITEBYTECODE (as our CI machines do), nothing would ever be cached, and every
+# Python process would compile torch from source again (the test suite: 300 s -> 440 s).
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: venv demo test fashion-mnist chromium onnxruntime-web clean
 
 # --no-compile: byte-compiling every installed file (torch has thousands) took more than half of the install
-# (130 s -> 56 s); Python compiles the modules it imports on first use instead.
+# (130 s -> 56 s); Python compiles the modules it imports on first use instead (see test: below).
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile --upgrade pip
