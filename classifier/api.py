@@ -31,8 +31,8 @@ from classifier.data.arrays import arrays_dataset, as_uint8_images
 from classifier.data.check import run_check
 from classifier.data.datasets import labelled_folder
 from classifier.data.images import pil_to_array
-from classifier.engine.lr_finder import LRFinderResult, find_lr_for_config
 from classifier.data.splits import evaluation_split
+from classifier.engine.lr_finder import LRFinderResult, find_lr_for_config
 from classifier.engine.trainer import fit
 from classifier.errors import ClassifierError
 from classifier.evaluation import evaluate_and_report, images_to_uint8_batch
@@ -42,8 +42,7 @@ from classifier.report.plots import plot_dataset_grid, plot_predictions_grid
 from classifier.report.writer import prediction_rows, write_predictions_csv
 
 __all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction",
-           "Predictions",
-           "TrainResult", "EvalReport"]
+           "Predictions", "TrainResult", "EvalReport"]
 GRID_IMAGES = 48  # images shown in predictions.png
 
 

@@ -38,7 +38,9 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 MODE_DEFAULTS = {
     "scratch": {"head_warmup_epochs": 0, "backbone_lr_mult": 1.0, "freeze_bn": False},
     "feature-extract": {"head_warmup_epochs": 0, "backbone_lr_mult": 1.0, "freeze_bn": False},
-    "finetune": {"head_warmup_epochs": 2, "backbone_lr_mult": 0.1, "freeze_bn": "pretrained family"},
+    # finetune's warm-up is capped at a third of the epochs and freeze_bn is for pretrained families only:
+    # resolve_for_model applies both rules
+    "finetune": {"head_warmup_epochs": 2, "backbone_lr_mult": 0.1, "freeze_bn": True},
 }
 # what a resume may change (a longer run, the hardware, logging); every other key stays the run's own
 RESUMABLE_KEYS = frozenset({"epochs", "device", "threads", "progress", "workers", "save_every", "early_stopping",
@@ -295,7 +297,7 @@ def resolve_for_model(cfg: Config) -> Config:
     defaults = dict(MODE_DEFAULTS[cfg.mode])
     if cfg.mode == "finetune":
         defaults["head_warmup_epochs"] = min(defaults["head_warmup_epochs"], cfg.epochs // 3)
-        defaults["freeze_bn"] = entry.source != "custom"
+        defaults["freeze_bn"] = defaults["freeze_bn"] and entry.source != "custom"
     resolved = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
     if resolved.mode == "finetune" and resolved.head_warmup_epochs >= resolved.epochs:
         raise ClassifierError(f"--head-warmup-epochs {resolved.head_warmup_epochs} takes every one of the "

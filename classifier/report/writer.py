@@ -201,13 +201,13 @@ def write_evaluation_report(out_dir: str | os.PathLike, metrics: dict, *, predic
         "metrics": write_metrics_json(out_dir / "metrics.json", metrics),
         "predictions": write_predictions_csv(out_dir / "predictions.csv", predictions),
     }
-    figures = _draw_figures(out_dir / "figures", metrics, sample_images, history) if figures else {}
-    written.update(figures)
+    drawn = _draw_figures(out_dir / "figures", metrics, sample_images, history) if figures else {}
+    written.update(drawn)
     lines = [f"# {title or 'Evaluation report'}", ""]
     if source:
         lines += [f"Evaluated: `{source}`", ""]
     lines += _summary_section(metrics) + _per_class_section(metrics) + _confused_section(metrics)
-    lines += _figures_section(figures, out_dir)
+    lines += _figures_section(drawn, out_dir)
     lines += ["## Files", "", "- [metrics.json](metrics.json): every number above, machine-readable",
               "- [predictions.csv](predictions.csv): one row per sample with its top-k classes", ""]
     written["report"] = atomic_write_text(out_dir / "report.md", "\n".join(lines), "report")
