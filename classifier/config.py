@@ -163,7 +163,7 @@ class Config:
     tensorboard: bool = True
     progress: bool = True  # progress bar per epoch
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
-    plots: bool = True  # PNG figures: curves.png and the test report's (off: its numbers and tables only, ~3 s less)
+    plots: bool = True  # PNG figures: curves.png and the test report's (off: its numbers and tables only, 4-5 s less)
     tta_flip: bool = False  # evaluation (val, test) averages the logits of each image and its mirror image
     extra: dict = key(factory=dict)  # free-form model kwargs, e.g. {dropout: 0.2, width: 64}
 
