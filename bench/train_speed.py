@@ -54,6 +54,23 @@ def machine_info() -> str:
             f"threads; native bf16 autocast: {'yes' if bf16 else 'no'}")
 
 
+def matmul_gflops(dtype: torch.dtype, *, size: int = 2048, seconds: float = 3.0) -> float:
+    """GFLOP/s of a size x size matmul in ``dtype`` with the current torch thread count (best of the timed calls).
+
+    Issue 18's budgets are for a machine whose 2-thread bf16 rate at 2048 is REFERENCE_BF16_GFLOPS."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up: picks and loads the kernel
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        begun = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - begun)
+    return 2 * size ** 3 / best / 1e9
+
+
+REFERENCE_BF16_GFLOPS = 823.0  # the machine the issue's budgets were set on: 2 threads, bf16, 2048 x 2048
+
+
 class Timed:
     """Iterate ``batches``: ``warmup`` untimed steps, then time until ``steps`` steps or ``seconds`` passed.
 

@@ -139,6 +139,7 @@ class Config:
     label_smoothing: float = key(0.0, ge=0, lt=1)
     class_weights: str = key("none", choices=("none", "auto"))  # auto: loss weights inversely prop. to class counts
     feature_cache: str = key("auto", choices=("auto", "off"))  # feature-extract: head trains on cached features
+    feature_views: int | None = key(ge=1)  # feature cache: augmented views per image (default: engine/features.py)
     # the three below default per mode (and model), as MODE_DEFAULTS says; the run's config.yaml holds the values
     head_warmup_epochs: int | None = key(ge=0)  # finetune: train only the head for N epochs, then everything
     backbone_lr_mult: float | None = key(ge=0)  # finetune: backbone learning rate = lr * this

@@ -175,7 +175,7 @@ def test_recipe_sets_defaults_that_config_files_and_flags_override(tmp_path):
     config_file.write_text(yaml.safe_dump({"recipe": "fast", "epochs": 4, "batch_size": 64}))
     cfg = resolve(["--config", str(config_file), "--batch-size", "32"])
     assert (cfg.epochs, cfg.batch_size, cfg.lr) == (4, 32, recipe["lr"])
-    assert resolve(["--config", str(config_file), "--recipe", "fast-30min"]).epochs == 4  # the file's keys win
+    assert resolve(["--config", str(config_file), "--recipe", "fast-95"]).epochs == 4  # the file's keys win
 
 
 def test_unknown_recipe_is_one_line_with_close_matches(capsys):

@@ -293,3 +293,14 @@ def test_feature_extract_with_and_without_the_feature_cache_trains_the_same_head
     again = train(tmp_path, tiny_folder, *common, name="again")
     assert "feature cache: reused" in capsys.readouterr().out
     torch.testing.assert_close(load_checkpoint(again / "last.pt")["model"]["head.weight"], a["head.weight"])
+
+
+def test_feature_views_sets_the_augmented_views_the_cache_holds(tmp_path, tiny_folder, capsys):
+    source = train(tmp_path, tiny_folder, "--model", "lenet5", "--epochs", "1", "--plots", "false", name="src")
+    common = ["--model", "lenet5", "--epochs", "1", "--mode", "feature-extract", "--weights", str(source / "best.pt"),
+              "--augment", "light", "--eval-test", "false", "--plots", "false"]
+    train(tmp_path, tiny_folder, *common, name="default")
+    assert "feature cache: computed 4 view(s) x" in capsys.readouterr().out
+    run = train(tmp_path, tiny_folder, *common, "--feature-views", "2", name="two")
+    assert "feature cache: computed 2 view(s) x" in capsys.readouterr().out
+    assert "feature_views: 2" in (run / "config.yaml").read_text()

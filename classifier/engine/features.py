@@ -37,7 +37,10 @@ from classifier.engine.runtime import autocast
 
 FEATURES_VERSION = "classifier-features/1"
 _VIEW_STREAM = 0x5EED_F00D  # the view draw's own random stream, apart from the augmentation's
-DEFAULT_VIEWS = 4  # augmented views cached per image when the training loader augments
+DEFAULT_VIEWS = 4  # augmented views cached per image when the training loader augments (--feature-views)
+# The backbone's batch: at 224 px on 2 cores (AVX2, fp32, channels-last) 32 images ran resnet18 at 24.5 img/s
+# against 21.9 at 256 (mobilenet_v2 31.2 against 26.0), and hold an eighth of the activations.
+FEATURE_BATCH = 32
 
 
 class FeatureLoader(Loader):
@@ -66,7 +69,7 @@ class FeatureLoader(Loader):
 
 
 def cached_feature_loader(model, loader: Loader, *, views: int | None = None, device=torch.device("cpu"),
-                          amp_dtype=None, channels_last: bool = False, batch_size: int = 256):
+                          amp_dtype=None, channels_last: bool = False, batch_size: int = FEATURE_BATCH):
     """(FeatureLoader, note) for training ``model.head`` on ``loader``'s images, or (None, reason).
 
     ``views``: augmented views per image (default ``DEFAULT_VIEWS`` when the loader augments, else 1).
@@ -103,15 +106,15 @@ def head_training(run):
         return (*plain, "feature cache off (--feature-cache off): the backbone runs on every image every epoch")
     if run.dist.enabled or cfg.compile:
         return (*plain, "feature cache off: not with torchrun or --compile")
-    features, note = cached_feature_loader(run.raw_model, loader, device=run.device, amp_dtype=run.amp_dtype,
-                                           channels_last=run.channels_last)
+    features, note = cached_feature_loader(run.raw_model, loader, views=cfg.feature_views, device=run.device,
+                                           amp_dtype=run.amp_dtype, channels_last=run.channels_last)
     if features is None:
         return (*plain, note)
     return run.raw_model.head, features, False, note
 
 
 def compute_features(model, loader: InMemoryLoader, views: int, *, device=torch.device("cpu"), amp_dtype=None,
-                     channels_last: bool = False, batch_size: int = 256) -> torch.Tensor:
+                     channels_last: bool = False, batch_size: int = FEATURE_BATCH) -> torch.Tensor:
     """(views, N, num_features) float32: the frozen backbone on view k = the loader's augmentation at epoch k."""
     ordered = copy.copy(loader)  # every sample once, in index order, the training pixels and augmentation
     ordered.train, ordered.drop_last, ordered.rank, ordered.world_size = False, False, 0, 1
