@@ -144,7 +144,9 @@ class Samples:
 
     def relative_paths(self) -> list[str]:
         """File paths relative to ``root`` with forward slashes (what split records store)."""
-        return [Path(os.path.relpath(p, self.root)).as_posix() for p in self.paths]
+        prefix = os.path.join(self.root, "")  # the listing joins root and name: cut the prefix (relpath: 15x slower)
+        return [p[len(prefix):].replace(os.sep, "/") if p.startswith(prefix) and ".." not in p
+                else Path(os.path.relpath(p, self.root)).as_posix() for p in self.paths]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
