@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +129,17 @@ def test_check_cache_rechecks_only_changed_files_and_still_reports_bad_ones(mess
     assert report["sizes"]["20x12"] == 1
     bad = {b["file"]: b["reason"] for b in report["unreadable"]}
     assert len(bad) == len(UNREADABLE) + 1 and bad["train/blue/blue_0.png"] == "not a readable image"
+
+
+def test_a_damaged_check_cache_is_checked_again(messy_folder, tmp_path, monkeypatch):
+    from classifier.data import check
+
+    args = ["--check-data", str(tmp_path / "check.json"), "--dataset", f"folder:{messy_folder}", "--val-fraction", "0"]
+    first = train_main(args)
+    stored = list((Path(os.environ["CLASSIFIER_CACHE"]) / "checks").glob("*.npz"))
+    assert len(stored) == 1
+    stored[0].write_bytes(stored[0].read_bytes()[:100])  # cut short, as by a full disk
+    inspected = []
+    real = check._inspect_file
+    monkeypatch.setattr(check, "_inspect_file", lambda path: inspected.append(path) or real(path))
+    assert train_main(args) == first and inspected  # every file checked again, the same report

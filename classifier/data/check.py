@@ -10,7 +10,7 @@ to ``runs/NAME/data_check.json`` and prints the summary. Over the train/val/test
 * duplicates by content hash, in particular the same image in two splits (a leak into val/test).
 
 Every file is read once, hashed and decoded with :func:`load_image`, as training decodes it. The result
-per file is cached by path, size and modification time (``cache_dir("checks")``, one file per dataset
+per file is cached by path, size and modification time (``cache_dir("checks")``, one ``.npz`` per dataset
 folder), so the next run re-checks only files that changed; cached results (bad files included) are
 reported as if checked again. Hidden and non-image files are not samples (``is_image_file``), so they
 are not checked.
@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +36,7 @@ from classifier.data.loaders import default_workers
 from classifier.fileio import atomic_target
 
 FORMAT = "classifier-data-check/1"
-CHECK_VERSION = "classifier-check-cache/2"  # change when the per-file checks change: old results are then unused
+CHECK_VERSION = "classifier-check-cache/3"  # change when the per-file checks change: old results are then unused
 IMBALANCE_HINT = 3.0  # from this ratio on, the summary suggests --class-weights auto / --sampler balanced
 _SAME_FORMAT = {"MPO": "JPEG"}  # multi-picture JPEGs (phone photos) are JPEGs
 _SHOWN = 5  # examples per problem in the console summary
@@ -133,35 +134,38 @@ def _stat(path: str) -> list | None:
 class CheckCache:
     """Per-file check results of one dataset folder, valid while a file keeps its size and mtime.
 
-    Stored as one JSON list of rows ``[path, size, mtime_ns, digest, mode, width, height, format, problem]``:
-    a list of lists loads about 3x faster than a dict per file (70,000 files: 0.2 s against 0.6 s)."""
+    Stored as columns in a NumPy ``.npz`` (no pickle: read with ``allow_pickle=False``): on 70,000 files it
+    loads in a few hundredths of a second, where JSON took 0.5-1 s. A result is a tuple
+    (digest, mode, (width, height), format, problem), each part None where the file could not be read."""
 
     def __init__(self, root: str):
         name = hashlib.sha256(f"{CHECK_VERSION}\n{os.path.abspath(root)}".encode()).hexdigest()[:24]
-        self.path = cache_root() / "checks" / f"{name}.json"
-        self.rows: dict = {}  # absolute path -> row
+        self.path = cache_root() / "checks" / f"{name}.npz"
+        self.index: dict = {}  # absolute path -> row of the stored columns
+        self.new: dict = {}  # absolute path -> ([size, mtime_ns], result) checked in this run
         self.changed = False
         try:
-            data = json.loads(self.path.read_text())
-            if data.get("format") == CHECK_VERSION:
-                self.rows = {row[0]: row for row in data["files"]}
-                touch(self.path)
-        except (OSError, ValueError, KeyError, AttributeError, TypeError, IndexError):
-            pass
+            with np.load(self.path, allow_pickle=False) as stored:
+                if str(stored["format"]) == CHECK_VERSION:
+                    self._unpack(stored)
+                    touch(self.path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            self.index = {}
 
     def get(self, path: str):
-        row = self.rows.get(os.path.abspath(path))
-        if row is None or row[1:3] != _stat(path):
+        path = os.path.abspath(path)
+        if path in self.new:
+            stat, result = self.new[path]
+        elif path in self.index:
+            stat, result = self.stat[self.index[path]], self._stored(path)
+        else:
             return None
-        _, _, _, digest, mode, width, height, fmt, problem = row
-        return digest, mode, None if width is None else (width, height), fmt, problem
+        return result if stat == _stat(path) else None
 
     def put(self, path: str, stat, result) -> None:
         if stat is None:  # vanished while checked: nothing to validate a stored result against
             return
-        digest, mode, size, fmt, problem = result
-        width, height = size if size else (None, None)
-        self.rows[os.path.abspath(path)] = [os.path.abspath(path), *stat, digest, mode, width, height, fmt, problem]
+        self.new[os.path.abspath(path)] = (list(stat), result)
         self.changed = True
 
     def save(self) -> None:
@@ -169,11 +173,43 @@ class CheckCache:
             return
         try:
             cache_dir("checks")
-            with atomic_target(self.path) as tmp:
-                tmp.write_text(json.dumps({"format": CHECK_VERSION, "files": list(self.rows.values())}))
+            with atomic_target(self.path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **self._pack())
             enforce_limit(keep=self.path)
         except OSError as err:  # a read-only or full disk: the next run checks again
             print(f"warning: could not save the data check cache {self.path}: {err}")
+
+    def _pack(self) -> dict:
+        kept = [p for p in self.index if p not in self.new]
+        paths = kept + list(self.new)
+        stats = [self.stat[self.index[p]] for p in kept] + [stat for stat, _ in self.new.values()]
+        results = [self._stored(p) for p in kept] + [result for _, result in self.new.values()]
+        text = lambda values: np.array([v or "" for v in values], dtype=str)  # noqa: E731  None -> ""
+        sizes = [r[2] or (-1, -1) for r in results]
+        return {"format": np.array(CHECK_VERSION), "paths": _utf8("\n".join(paths)),
+                "stat": np.array(stats, dtype=np.int64).reshape(-1, 2),
+                "digest": text(r[0] for r in results), "mode": text(r[1] for r in results),
+                "size": np.array(sizes, dtype=np.int64).reshape(-1, 2), "fmt": text(r[3] for r in results),
+                # problems are rare and long: a JSON object {row: text} instead of a wide fixed-width column
+                "problems": _utf8(json.dumps({i: r[4] for i, r in enumerate(results) if r[4]}))}
+
+    def _stored(self, path: str):
+        i = self.index[path]
+        return (self.digest[i] or None, self.mode[i] or None, None if self.size[i][0] < 0 else tuple(self.size[i]),
+                self.fmt[i] or None, self.problems.get(i))
+
+    def _unpack(self, stored) -> None:
+        paths = bytes(stored["paths"]).decode().split("\n") if stored["paths"].size else []
+        self.stat, self.size = stored["stat"].tolist(), stored["size"].tolist()
+        self.digest, self.mode, self.fmt = (stored[k].tolist() for k in ("digest", "mode", "fmt"))
+        self.problems = {int(i): text for i, text in json.loads(bytes(stored["problems"]).decode()).items()}
+        if not len(paths) == len(self.stat) == len(self.size) == len(self.digest) == len(self.mode) == len(self.fmt):
+            raise ValueError("columns of different lengths")
+        self.index = dict(zip(paths, range(len(paths))))
+
+
+def _utf8(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8)
 
 
 def _digest(data: bytes) -> str:
