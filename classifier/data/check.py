@@ -134,9 +134,10 @@ def _stat(path: str) -> list | None:
 class CheckCache:
     """Per-file check results of one dataset folder, valid while a file keeps its size and mtime.
 
-    Stored as columns in a NumPy ``.npz`` (no pickle: read with ``allow_pickle=False``): on 70,000 files it
-    loads in a few hundredths of a second, where JSON took 0.5-1 s. A result is a tuple
-    (digest, mode, (width, height), format, problem), each part None where the file could not be read."""
+    Stored as columns in a NumPy ``.npz`` (no pickle: read with ``allow_pickle=False``), paths joined by
+    newlines (a file name holding one makes the columns disagree: the cache is then ignored and every file
+    checked). 70,000 entries load in 0.4-0.5 s, where a JSON object per file took 0.5-0.6 s to decode alone.
+    A result is a tuple (digest, mode, (width, height), format, problem), None parts where unreadable."""
 
     def __init__(self, root: str):
         name = hashlib.sha256(f"{CHECK_VERSION}\n{os.path.abspath(root)}".encode()).hexdigest()[:24]
