@@ -218,7 +218,7 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path, monkeypatch, capsys)
 
 def test_shipped_matrices_are_valid_train_py_commands(tmp_path):
     names = sorted(p.stem for p in experiments.SPEC_DIR.glob("*.yaml"))
-    assert names == ["cifar10", "eurosat", "fmnist", "transfer"]
+    assert names == ["cifar10", "eurosat", "fmnist", "transfer", "transfer-defaults"]
     for name in names:
         matrix = experiments.load_matrix(name, tmp_path, {})
         for run in matrix.runs:
@@ -233,6 +233,22 @@ def test_shipped_matrices_are_valid_train_py_commands(tmp_path):
     for cfg in few_shot:
         assert cfg.classes == ["5", "6", "7", "8", "9"] and cfg.max_per_class == 100
         assert cfg.weights in (None, str(tmp_path / "transfer" / f"pretrain-{cfg.model}" / "best.pt"))
+
+
+def test_the_defaults_matrix_resolves_to_the_settings_the_transfer_matrix_pins(tmp_path):
+    """Issue 18: a fine-tune given none of the tuning settings gets what the hand-tuned runs pin."""
+    from classifier.config import resolve_for_model
+
+    matrix = experiments.load_matrix("transfer-defaults", tmp_path, {})
+    tuned = {r.name: resolve_for_model(experiments.check_args(experiments.train_args(r, matrix))[0])
+             for r in matrix.runs}
+    defaults = [name for name in tuned if "-defaults-" in name]
+    assert len(defaults) == 9
+    for name in defaults:
+        cfg, pinned = tuned[name], tuned[name.replace("-defaults-", "-pinned-")]
+        assert "head_warmup_epochs" not in matrix.runs[list(tuned).index(name)].flags
+        assert (cfg.head_warmup_epochs, cfg.backbone_lr_mult, cfg.freeze_bn) == \
+            (pinned.head_warmup_epochs, pinned.backbone_lr_mult, pinned.freeze_bn)
 
 
 def test_weights_from_a_checkpoint_get_a_new_head(tiny_matrix, tmp_path):
