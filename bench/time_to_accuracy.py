@@ -127,7 +127,8 @@ class TestSplitTracker:
             else:
                 lines.append(f"test accuracy >= {t:.1%}: {r['wall_min']:.2f} min wall-clock, epoch {r['epoch']} "
                              f"({r['test_acc']:.2%}; {r['train_min']:.2f} min in training steps)")
-        return "\n".join(lines + ([self.budget_line()] if self.budget_line() else []))
+        budget = self.budget_line()
+        return "\n".join(lines + ([budget] if budget else []))
 
 
 @cli_entry

@@ -143,8 +143,7 @@ class CheckCache:
         name = hashlib.sha256(f"{CHECK_VERSION}\n{os.path.abspath(root)}".encode()).hexdigest()[:24]
         self.path = cache_root() / "checks" / f"{name}.npz"
         self.index: dict = {}  # absolute path -> row of the stored columns
-        self.new: dict = {}  # absolute path -> ([size, mtime_ns], result) checked in this run
-        self.changed = False
+        self.new: dict = {}  # absolute path -> ([size, mtime_ns], result) checked in this run: saved if any
         try:
             with np.load(self.path, allow_pickle=False) as stored:
                 if str(stored["format"]) == CHECK_VERSION:
@@ -167,10 +166,9 @@ class CheckCache:
         if stat is None:  # vanished while checked: nothing to validate a stored result against
             return
         self.new[os.path.abspath(path)] = (list(stat), result)
-        self.changed = True
 
     def save(self) -> None:
-        if not self.changed:
+        if not self.new:
             return
         try:
             cache_dir("checks")
