@@ -41,10 +41,12 @@ CLASSES = (0, 1, 5, 7, 9)  # T-shirt/top, Trouser, Sandal, Sneaker, Ankle boot
 TARGET_FEATURE_EXTRACT = 10.0  # toolkit 10 epochs at least 10x faster than the plain loop
 TARGET_FINETUNE = 3.0  # toolkit images/s at least 3x the plain loop's
 TARGET_STARTUP_EXTRA_S = 3.0  # second start-up on the big folder at most 3 s more than on the small one
-# Runs train.py in this process and prints its peak resident memory afterwards (ru_maxrss is in kB on Linux).
-_RUN_TRAIN = ("import resource, runpy, sys; sys.argv = ['train.py'] + sys.argv[1:]\n"
+# Runs train.py in this process and prints its peak resident memory afterwards: VmHWM, the high-water mark of
+# this process's own memory. Not ru_maxrss: Linux carries the parent's peak into a child started by
+# (v)fork + exec, so every run would report at least this bench's own peak (it did: 3,297 MB four times).
+_RUN_TRAIN = ("import runpy, sys; sys.argv = ['train.py'] + sys.argv[1:]\n"
               "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
-              "finally:\n    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+              "finally:\n    print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')), file=sys.stderr)")
 
 
 def fashion_images(data_dir: str, classes=CLASSES, split="train"):
@@ -159,7 +161,7 @@ def run_train(train_args: list[str], cache: Path) -> dict:
                           env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"train.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    maxrss = next((int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("maxrss_kb")), 0)
+    maxrss = next((int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("VmHWM:")), 0)
     run_dir = next(line.rsplit(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("run folder: "))
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     header = [line for line in proc.stdout.splitlines() if line.startswith(("feature cache", "resize policy",

@@ -137,6 +137,8 @@ class Config:
     warmup_epochs: float = key(0.0, ge=0)  # linear learning-rate warm-up
     step_epochs: int = key(0, ge=0)  # `step` schedule: x0.1 every N epochs (0: at 1/2 and 3/4 of training)
     label_smoothing: float = key(0.0, ge=0, lt=1)
+    progressive_resize: float = key(0.0, ge=0, lt=1)  # first epochs train on images this fraction of the
+    # input side (0: off), growing to the full side over the first 2/3 of the epochs; evaluation at full size
     class_weights: str = key("none", choices=("none", "auto"))  # auto: loss weights inversely prop. to class counts
     feature_cache: str = key("auto", choices=("auto", "off"))  # feature-extract: head trains on cached features
     feature_views: int | None = key(ge=1)  # feature cache: augmented views per image (default: engine/features.py)

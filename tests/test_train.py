@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+import classifier
 from classifier.checkpoint import load_checkpoint
 from classifier.commands.train import main as train_main
+from classifier.engine.loop import progressive_size
 from classifier.errors import ClassifierError
 from tests.conftest import write_class_images
 
@@ -304,3 +306,39 @@ def test_feature_views_sets_the_augmented_views_the_cache_holds(tmp_path, tiny_f
     run = train(tmp_path, tiny_folder, *common, "--feature-views", "2", name="two")
     assert "feature cache: computed 2 view(s) x" in capsys.readouterr().out
     assert "feature_views: 2" in (run / "config.yaml").read_text()
+
+
+def test_progressive_resize_schedule():
+    sides = [progressive_size(e, 12, (28, 28), 0.6)[0] for e in range(12)]
+    assert sides[0] == round(0.6 * 28) and sides == sorted(sides)  # starts at the fraction, never shrinks
+    assert sides[7:] == [28] * 5  # full size from the last of the first 2/3 of the epochs on
+    assert [progressive_size(e, 12, (28, 28), 0.0) for e in range(12)] == [(28, 28)] * 12  # 0: off
+    assert progressive_size(0, 10, (64, 32), 0.5) == (32, 16)  # each side scaled
+    assert progressive_size(0, 10, (12, 12), 0.1) == (8, 8)  # never below 8 px
+    assert progressive_size(0, 1, (28, 28), 0.5) == (28, 28)  # a 1-epoch run trains at full size
+
+
+def test_progressive_resize_trains_small_first_and_evaluates_at_full_size(tmp_path, tiny_folder, capsys):
+    seen = {"train": [], "eval": set()}
+
+    def watch(run):
+        def record(module, args):
+            shape = tuple(args[0].shape[-2:])
+            if module.training:
+                seen["train"][-1].add(shape)
+            else:
+                seen["eval"].add(shape)
+        run.raw_model.register_forward_pre_hook(record)
+        seen["train"].append(set())
+
+    result = classifier.train(model="resnet", dataset=f"folder:{tiny_folder}", epochs=6, progressive_resize=0.5,
+                              project=str(tmp_path), batch_size=16, progress=False, amp="off", workers=0,
+                              tensorboard=False, plots=False,
+                              callbacks={"on_train_start": [watch],
+                                         "on_epoch_end": [lambda run, row: seen["train"].append(set())]})
+    expected = [progressive_size(e, 6, (16, 16), 0.5) for e in range(6)]
+    assert expected[0] == (8, 8) and expected[-1] == (16, 16)
+    assert [s for s in seen["train"] if s] == [{size} for size in expected]
+    assert seen["eval"] == {(16, 16)}  # validation and the test report at the model's size
+    assert "at 8x8 px" in capsys.readouterr().out
+    assert "progressive_resize: 0.5" in (result.dir / "config.yaml").read_text()

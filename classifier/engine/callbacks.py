@@ -60,7 +60,9 @@ def print_epoch(run, row: dict) -> None:
     print(f"epoch {row['epoch']:>3}/{run.cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
           + (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  " if row["val_loss"] is not None else "no val  ")
           + f"lr {row['lr']:.2e}  "
-          f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s){best}", flush=True)
+          f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)"
+          + (f" at {row['train_size'][0]}x{row['train_size'][1]} px" if row.get("train_size") else "") + best,
+          flush=True)
 
 
 def write_history(run, row: dict) -> None:

@@ -55,6 +55,7 @@ class StepContext:
     show_progress: bool = False
     desc: str = ""
     class_weights: torch.Tensor | None = None  # per-class loss weights (--class-weights auto), on ``device``
+    train_size: tuple | None = None  # progressive resizing: this epoch's (height, width) (None: as loaded)
     extra: dict = field(default_factory=dict)
 
 
@@ -63,6 +64,25 @@ def loss_class_weights(setting: str, labels, num_classes: int, device: torch.dev
     if setting != "auto":
         return None
     return torch.tensor(inverse_class_frequency(labels, num_classes), dtype=torch.float32, device=device)
+
+
+def progressive_size(epoch: int, epochs: int, full: tuple[int, int], start: float) -> tuple[int, int]:
+    """Training (height, width) for ``epoch`` (0-based) under ``--progressive-resize start``: ``start`` times
+    ``full`` at the first epoch, growing linearly to ``full`` at the last of the first 2/3 of the epochs, and
+    ``full`` after that, so the final epochs train at the size evaluation uses. Sides at least 8 px; ``start``
+    0 means ``full`` throughout."""
+    growing = math.ceil(2 * epochs / 3)
+    if not start or growing < 2 or epoch >= growing - 1:
+        return tuple(full)
+    fraction = start + (1 - start) * epoch / (growing - 1)
+    return tuple(max(8, min(side, round(side * fraction))) for side in full)
+
+
+def resized(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """A float NCHW batch at ``size`` (antialiased bilinear), or as it is when already that size."""
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
@@ -79,7 +99,7 @@ def training_step(model, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
     Returns (loss value, logits, labels on the device). A non-finite loss takes no step: the caller decides
     (training stops with an error, the finder ends its range test).
     """
-    x, y = to_device(x, y, ctx.device, ctx.channels_last)
+    x, y = to_device(resized(x, ctx.train_size), y, ctx.device, ctx.channels_last)
     with autocast(ctx.device, ctx.amp_dtype):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y, weight=ctx.class_weights, label_smoothing=ctx.label_smoothing)

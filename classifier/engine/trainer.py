@@ -22,7 +22,8 @@ from classifier.engine import runtime
 from classifier.engine.build import Run, build_run
 from classifier.engine.callbacks import add_default_callbacks
 from classifier.engine.features import head_training
-from classifier.engine.loop import EpochSums, StepContext, evaluate, loss_class_weights, train_one_epoch
+from classifier.engine.loop import (EpochSums, StepContext, evaluate, loss_class_weights, progressive_size,
+                                    train_one_epoch)
 from classifier.engine.optim import lr_factor, set_lr
 from classifier.errors import ClassifierError
 from classifier.fileio import atomic_write_text
@@ -142,12 +143,14 @@ def _train_epochs(run: Run) -> None:
         _set_finetune_phase(run, epoch)
         train_loader.set_epoch(epoch)
         ctx.desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        if cfg.progressive_resize and train_model is run.model:  # not on cached features
+            ctx.train_size = progressive_size(epoch, cfg.epochs, run.data.prep.size, cfg.progressive_resize)
         sums = EpochSums(**state.epoch_sums) if state.batch_in_epoch else None
         sums, state.step = train_one_epoch(train_model, train_loader, ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
         val = evaluate(run.model, loaders["val"], run.device, amp_dtype=run.amp_dtype,
                        channels_last=run.channels_last, tta_flip=cfg.tta_flip)
-        if _end_epoch(run, epoch, sums, val):
+        if _end_epoch(run, epoch, sums, val, ctx.train_size):
             break
         if run.interrupt.requested:
             run.interrupt.save_and_stop()
@@ -163,7 +166,7 @@ def _set_finetune_phase(run: Run, epoch: int) -> None:
         unfreeze_backbone(run.raw_model)
 
 
-def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict) -> bool:
+def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict, train_size=None) -> bool:
     """Record the epoch, save checkpoints, fire callbacks; True when early stopping says stop."""
     state, cfg = run.state, run.cfg
     loss_sum, correct, count, seconds = runtime.all_reduce_sum(
@@ -177,6 +180,8 @@ def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict) -> bool:
            "val_loss": val["loss"] if has_val else None, "val_acc": val["acc"] if has_val else None,
            "lr": run.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
            "images_per_s": count / max(seconds, 1e-9)}
+    if train_size is not None:  # progressive resizing: printed with the epoch, not a history.csv column
+        row["train_size"] = list(train_size)
     state.history.append(row)
     state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, {}
     if is_best:
