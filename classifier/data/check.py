@@ -138,18 +138,6 @@ class Facts:
         problems = {j: self.problems[i] for j, i in enumerate(rows.tolist()) if i in self.problems}
         return Facts(self.digest[rows], self.mode[rows], self.size[rows], self.fmt[rows], problems)
 
-    def put(self, rows: list[int], other: "Facts") -> None:
-        """Write ``other``'s rows 0.. into this one's ``rows``."""
-        for name in ("digest", "mode", "size", "fmt"):
-            column = getattr(self, name)
-            if column.dtype.kind == "U" and getattr(other, name).dtype.itemsize > column.dtype.itemsize:
-                setattr(self, name, column := column.astype(getattr(other, name).dtype))  # wider strings
-            column[rows] = getattr(other, name)
-        for j, i in enumerate(rows):
-            self.problems.pop(i, None)
-            if j in other.problems:
-                self.problems[i] = other.problems[j]
-
     @classmethod
     def concat(cls, parts: list["Facts"]) -> "Facts":
         offsets = np.cumsum([0] + [len(p.size) for p in parts])
@@ -173,17 +161,14 @@ def _inspect(samples: Samples, caches: dict) -> Facts:
     known = caches[root]
     paths = _absolute(samples.paths, root)
     rows = known.lookup(paths, _stats(paths))
-    facts = Facts.of([(None,) * 5] * len(paths))
-    hits = np.flatnonzero(rows >= 0)
-    facts.put(hits.tolist(), known.facts.take(rows[hits]))
-    todo = np.flatnonzero(rows < 0).tolist()
-    if todo:
+    hits, todo = np.flatnonzero(rows >= 0), np.flatnonzero(rows < 0)
+    parts = [known.facts.take(rows[hits])]
+    if todo.size:
         with ThreadPoolExecutor(default_workers()) as pool:  # PIL decodes with the GIL released
-            checked = list(pool.map(_inspect_file, [paths[i] for i in todo], chunksize=16))
-        new = Facts.of([result for _, result in checked])
-        known.add([paths[i] for i in todo], [stat for stat, _ in checked], new)
-        facts.put(todo, new)
-    return facts
+            checked = list(pool.map(_inspect_file, [paths[i] for i in todo]))
+        parts.append(Facts.of([result for _, result in checked]))
+        known.add([paths[i] for i in todo], [stat for stat, _ in checked], parts[-1])
+    return Facts.concat(parts).take(np.argsort(np.concatenate([hits, todo]), kind="stable"))  # sample order
 
 
 def _absolute(paths: list[str], root: str) -> list[str]:
