@@ -60,8 +60,8 @@ def fashion_images(data_dir: str, classes=CLASSES, split="train"):
     return samples.images[keep, :, :, 0], np.array([remap[int(c)] for c in samples.labels[keep]])
 
 
-def make_photo_folder(out: Path, n: int, data_dir: str, seed: int = 0) -> Path:
-    """``n`` RGB JPEGs (random sides 160-320 px, lightly tinted) from real Fashion-MNIST, in class folders."""
+def make_photo_folder(out: Path, n: int, data_dir: str, seed: int = 0, sides=(160, 320)) -> Path:
+    """``n`` RGB JPEGs (random sides in ``sides`` px, lightly tinted) from real Fashion-MNIST, in class folders."""
     from PIL import Image
 
     images, labels = fashion_images(data_dir)
@@ -70,7 +70,7 @@ def make_photo_folder(out: Path, n: int, data_dir: str, seed: int = 0) -> Path:
     for k, i in enumerate(pick):
         folder = out / f"class{labels[i]}"
         folder.mkdir(parents=True, exist_ok=True)
-        h, w = rng.integers(160, 321, size=2)
+        h, w = rng.integers(sides[0], sides[1] + 1, size=2)
         tint = rng.uniform(0.7, 1.0, size=3)
         gray = np.asarray(Image.fromarray(images[i]).resize((int(w), int(h)), Image.BICUBIC), np.float32)
         rgb = np.clip(gray[:, :, None] * tint, 0, 255).astype(np.uint8)
