@@ -315,6 +315,7 @@ def test_progressive_resize_schedule():
     assert [progressive_size(e, 12, (28, 28), 0.0) for e in range(12)] == [(28, 28)] * 12  # 0: off
     assert progressive_size(0, 10, (64, 32), 0.5) == (32, 16)  # each side scaled
     assert progressive_size(0, 10, (12, 12), 0.1) == (8, 8)  # never below 8 px
+    assert progressive_size(0, 10, (28, 28), 0.2, smallest=12) == (12, 12)  # nor the model's minimum side
     assert progressive_size(0, 1, (28, 28), 0.5) == (28, 28)  # a 1-epoch run trains at full size
 
 

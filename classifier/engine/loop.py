@@ -66,16 +66,17 @@ def loss_class_weights(setting: str, labels, num_classes: int, device: torch.dev
     return torch.tensor(inverse_class_frequency(labels, num_classes), dtype=torch.float32, device=device)
 
 
-def progressive_size(epoch: int, epochs: int, full: tuple[int, int], start: float) -> tuple[int, int]:
+def progressive_size(epoch: int, epochs: int, full: tuple[int, int], start: float,
+                     smallest: int = 8) -> tuple[int, int]:
     """Training (height, width) for ``epoch`` (0-based) under ``--progressive-resize start``: ``start`` times
     ``full`` at the first epoch, growing linearly to ``full`` at the last of the first 2/3 of the epochs, and
-    ``full`` after that, so the final epochs train at the size evaluation uses. Sides at least 8 px; ``start``
-    0 means ``full`` throughout."""
+    ``full`` after that, so the final epochs train at the size evaluation uses. Sides at least ``smallest``
+    (the model's minimum input side); ``start`` 0 means ``full`` throughout."""
     growing = math.ceil(2 * epochs / 3)
     if not start or growing < 2 or epoch >= growing - 1:
         return tuple(full)
     fraction = start + (1 - start) * epoch / (growing - 1)
-    return tuple(max(8, min(side, round(side * fraction))) for side in full)
+    return tuple(max(min(smallest, side), min(side, round(side * fraction))) for side in full)
 
 
 def resized(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:

@@ -28,7 +28,7 @@ from classifier.engine.optim import lr_factor, set_lr
 from classifier.errors import ClassifierError
 from classifier.fileio import atomic_write_text
 from classifier.startup import seconds_since_start
-from classifier.models import freeze_backbone, unfreeze_backbone
+from classifier.models import freeze_backbone, model_entry, unfreeze_backbone
 
 
 def fit(cfg: Config, *, given: dict | None = None, resume: str | Path | None = None, arrays=None,
@@ -144,7 +144,8 @@ def _train_epochs(run: Run) -> None:
         train_loader.set_epoch(epoch)
         ctx.desc = f"epoch {epoch + 1}/{cfg.epochs}"
         if cfg.progressive_resize and train_model is run.model:  # not on cached features
-            ctx.train_size = progressive_size(epoch, cfg.epochs, run.data.prep.size, cfg.progressive_resize)
+            ctx.train_size = progressive_size(epoch, cfg.epochs, run.data.prep.size, cfg.progressive_resize,
+                                              smallest=max(8, model_entry(cfg.model).min_size))
         sums = EpochSums(**state.epoch_sums) if state.batch_in_epoch else None
         sums, state.step = train_one_epoch(train_model, train_loader, ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
