@@ -143,3 +143,13 @@ def test_a_damaged_check_cache_is_checked_again(messy_folder, tmp_path, monkeypa
     real = check._inspect_file
     monkeypatch.setattr(check, "_inspect_file", lambda path: inspected.append(path) or real(path))
     assert train_main(args) == first and inspected  # every file checked again, the same report
+
+
+def test_absolute_paths_of_a_listing_equal_abspath(tmp_path, monkeypatch):
+    from classifier.data.check import _absolute
+
+    monkeypatch.chdir(tmp_path)
+    paths = ["data/red/a.png", "data/./red/b.png", "data/../data/red/c.png", "data//red/d.png", "data/.x/e.png",
+             str(tmp_path / "data" / "red" / "f.png"), "other/g.png"]
+    for root in ("data", "data/", "./data", str(tmp_path / "data")):
+        assert _absolute(paths, root) == [os.path.abspath(p) for p in paths], root
