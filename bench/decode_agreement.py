@@ -8,7 +8,7 @@ then classifies the run's validation and test images twice with its best.pt: fro
 (draft decode, policy, resize, rounding) and from the deployed model's (full decode, ``Predictor``), and
 prints each accuracy, how often the two predictions agree and the mean pixel difference.
 
-    python bench/decode_agreement.py                 # 1,500 photos, resnet at 64 px, 6 epochs (a few minutes)
+    python bench/decode_agreement.py                 # 1,500 photos, resnet at 64 px, 6 epochs (10-20 min)
     python bench/decode_agreement.py --img-size 96 --images 3000
 """
 from __future__ import annotations
@@ -28,11 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from classifier.data.images import load_image  # noqa: E402
 from classifier.data.splits import run_splits  # noqa: E402
 from classifier.data.loaders import decode_fitted  # noqa: E402
 from classifier.inference import Predictor, softmax  # noqa: E402
-from classifier.preprocess import Preprocessing, fit_pixels, fitted, to_model_input  # noqa: E402
+from classifier.preprocess import Preprocessing, fitted, to_model_input  # noqa: E402
 from transfer_speed import make_photo_folder  # noqa: E402
 
 
@@ -62,7 +61,8 @@ def main(argv=None):
     subprocess.run([sys.executable, "train.py", "--dataset", f"folder:{folder}", "--model", args.model,
                     "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--project", str(work),
                     "--name", "run", "--exist-ok", "--progress", "false", "--plots", "false",
-                    "--eval-test", "false"], cwd=ROOT, check=True, env={**os.environ, "CLASSIFIER_CACHE": str(work / "cache")})
+                    "--eval-test", "false"], cwd=ROOT, check=True,
+                   env={**os.environ, "CLASSIFIER_CACHE": str(work / "cache")})
     predictor = Predictor.load(run / "best.pt")
     prep: Preprocessing = predictor.prep
     paths, labels = held_out(run)
@@ -71,7 +71,7 @@ def main(argv=None):
     trained_pixels = np.stack([decode_fitted(p, prep) for p in paths])  # draft decode, fitted, rounded
     x = to_model_input(torch.from_numpy(trained_pixels).permute(0, 3, 1, 2), fitted(prep)).numpy()
     as_trained = np.concatenate([softmax(predictor.logits(x[i:i + 64])) for i in range(0, len(x), 64)])
-    full_pixels = np.stack([decode_fitted_full(p, prep) for p in paths])
+    full_pixels = np.stack([decode_fitted(p, prep, draft=False) for p in paths])  # isolates the draft decode
     diff = np.abs(trained_pixels.astype(np.int16) - full_pixels.astype(np.int16))
 
     a, b = as_trained.argmax(1), deployed.argmax(1)
@@ -83,12 +83,6 @@ def main(argv=None):
           f"largest probability difference {np.abs(as_trained - deployed).max():.3f}")
     print(f"  pixels at model size: mean difference {diff.mean():.2f} levels, largest {diff.max()}")
 
-
-def decode_fitted_full(path: str, prep: Preprocessing) -> np.ndarray:
-    """The same fitting and rounding as training, from a full-size decode (isolates the draft decode)."""
-    image = load_image(path, prep.channels)
-    x = fit_pixels(torch.from_numpy(image).permute(2, 0, 1)[None], prep)
-    return np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
 
 
 if __name__ == "__main__":

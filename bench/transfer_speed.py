@@ -161,12 +161,12 @@ def run_train(train_args: list[str], cache: Path) -> dict:
                           env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"train.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    maxrss = next((int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("VmHWM:")), 0)
+    peak_kb = next((int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("VmHWM:")), 0)
     run_dir = next(line.rsplit(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("run folder: "))
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     header = [line for line in proc.stdout.splitlines() if line.startswith(("feature cache", "resize policy",
                                                                              "cache:", "train/val layout"))]
-    return {**summary, "max_rss_mb": maxrss / 1024, "header": header}
+    return {**summary, "max_rss_mb": peak_kb / 1024, "header": header}
 
 
 def toolkit_run(model: str, mode: str, folder: Path, weights: str, work: Path, args) -> dict:

@@ -319,9 +319,10 @@ def decode_to_memory(samples: Samples, channels: int, *, max_bytes: int | None =
     return out, skipped
 
 
-def decode_fitted(path: str, prep: Preprocessing) -> np.ndarray:
-    """One file -> uint8 HWC at ``prep.size``: draft-mode decode, then ``fit_pixels`` (policy, resize, round)."""
-    image = load_image(path, prep.channels, draft=prep.size)
+def decode_fitted(path: str, prep: Preprocessing, *, draft: bool = True) -> np.ndarray:
+    """One file -> uint8 HWC at ``prep.size``: draft-mode decode (``draft=False``: full size, as evaluation
+    decodes), then ``fit_pixels`` (policy, resize, round)."""
+    image = load_image(path, prep.channels, draft=prep.size if draft else None)
     x = fit_pixels(torch.from_numpy(image).permute(2, 0, 1)[None], prep)
     return np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
 

@@ -139,13 +139,14 @@ def _train_epochs(run: Run) -> None:
                       channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main,
                       class_weights=loss_class_weights(cfg.class_weights, loaders["train"].samples.labels,
                                                        len(run.data.classes), run.device))
+    smallest = max(8, model_entry(cfg.model).min_size)  # progressive resizing never goes below it
     for epoch in range(state.epoch, cfg.epochs):
         _set_finetune_phase(run, epoch)
         train_loader.set_epoch(epoch)
         ctx.desc = f"epoch {epoch + 1}/{cfg.epochs}"
         if cfg.progressive_resize and train_model is run.model:  # not on cached features
             ctx.train_size = progressive_size(epoch, cfg.epochs, run.data.prep.size, cfg.progressive_resize,
-                                              smallest=max(8, model_entry(cfg.model).min_size))
+                                              smallest=smallest)
         sums = EpochSums(**state.epoch_sums) if state.batch_in_epoch else None
         sums, state.step = train_one_epoch(train_model, train_loader, ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
