@@ -139,6 +139,8 @@ class Config:
     label_smoothing: float = key(0.0, ge=0, lt=1)
     progressive_resize: float = key(0.0, ge=0, lt=1)  # first epochs train on images this fraction of the
     # input side (0: off), growing to the full side over the first 2/3 of the epochs; evaluation at full size
+    ema: float = key(0.0, ge=0, lt=1)  # decay of an exponential moving average of the weights, which validation,
+    # best.pt and the export use (0: off; e.g. 0.999); engine/ema.py
     class_weights: str = key("none", choices=("none", "auto"))  # auto: loss weights inversely prop. to class counts
     feature_cache: str = key("auto", choices=("auto", "off"))  # feature-extract: head trains on cached features
     feature_views: int | None = key(ge=1)  # feature cache: augmented views per image (default: engine/features.py)

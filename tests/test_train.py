@@ -84,13 +84,14 @@ def stop_after_epoch(n):
     return callback
 
 
-def test_resume_continues_exactly(tmp_path, tiny_folder):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_continues_exactly(tmp_path, tiny_folder, ema):
     from classifier.config import make_config
     from classifier.engine.trainer import fit
 
     values = dict(model="vggnet", extra={"width": 8}, seed=3, augment="light", epochs=3, batch_size=16,
                   progress=False, amp="off", workers=0, dataset=f"folder:{tiny_folder}",
-                  project=str(tmp_path / "runs"))
+                  project=str(tmp_path / "runs"), ema=ema)
     straight = fit(make_config({**values, "name": "straight"})).dir
     with pytest.raises(Interrupt):
         fit(make_config({**values, "name": "part"}), callbacks={"on_epoch_end": [stop_after_epoch(1)]})
@@ -99,8 +100,9 @@ def test_resume_continues_exactly(tmp_path, tiny_folder):
     train_main(["--resume", str(part), *FAST])
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(part / "last.pt")
     assert b["epoch"] == 3 and b["step"] == a["step"]
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    for weights in ("model", "trained_model") if ema else ("model",):
+        for k in a[weights]:
+            assert torch.equal(a[weights][k], b[weights][k]), (weights, k)
     assert [r["val_loss"] for r in a["state"]["history"]] == [r["val_loss"] for r in b["state"]["history"]]
 
 
@@ -306,6 +308,48 @@ def test_feature_views_sets_the_augmented_views_the_cache_holds(tmp_path, tiny_f
     run = train(tmp_path, tiny_folder, *common, "--feature-views", "2", name="two")
     assert "feature cache: computed 2 view(s) x" in capsys.readouterr().out
     assert "feature_views: 2" in (run / "config.yaml").read_text()
+
+
+def test_weight_average_follows_its_formula():
+    from classifier.engine.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    avg = WeightAverage(model, decay=0.99)
+    assert avg.decay_at(1) == pytest.approx(2 / 11) and avg.decay_at(10_000) == 0.99  # warm-up, then decay
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.train()(torch.randn(8, 2))  # BatchNorm statistics and its integer counter change too
+    avg.update(model, step=1)
+    d, now = 2 / 11, model.state_dict()
+    for k, v in avg.model.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, d * start[k] + (1 - d) * now[k])
+        else:
+            assert torch.equal(v, now[k]), k  # num_batches_tracked is copied
+    assert not any(p.requires_grad for p in avg.model.parameters())
+
+
+def test_ema_run_validates_and_saves_the_averaged_weights(tmp_path, tiny_folder, capsys):
+    from classifier.engine.loop import evaluate
+
+    result = classifier.train(model="vggnet", extra={"width": 8}, dataset=f"folder:{tiny_folder}", epochs=2,
+                              ema=0.9, project=str(tmp_path), batch_size=16, progress=False, amp="off",
+                              workers=0, tensorboard=False, plots=False, eval_test=False)
+    assert "weight average: EMA, decay 0.9" in capsys.readouterr().out
+    run = result.engine_run
+    last = load_checkpoint(result.dir / "last.pt")
+    val_loss = result.history[-1]["val_loss"]
+
+    def val_loss_of(weights):
+        run.raw_model.load_state_dict(weights)
+        return evaluate(run.raw_model, run.data.loaders["val"], run.device, channels_last=run.channels_last)["loss"]
+
+    assert val_loss_of(last["model"]) == pytest.approx(val_loss, rel=1e-6)  # validation saw the average
+    assert val_loss_of(last["trained_model"]) != pytest.approx(val_loss, rel=1e-3)  # not the trained weights
+    assert "trained_model" not in load_checkpoint(result.dir / "best.pt")  # deployable file: the average only
+    assert "ema: 0.9" in (result.dir / "config.yaml").read_text()
 
 
 def test_progressive_resize_schedule():

@@ -20,6 +20,7 @@ from classifier.data.check import run_check
 from classifier.data.datasets import default_resize_policy
 from classifier.engine import runtime
 from classifier.engine.callbacks import Callbacks
+from classifier.engine.ema import WeightAverage
 from classifier.engine.optim import build_optimizer
 from classifier.errors import ClassifierError
 from classifier.fileio import make_output_dir
@@ -75,6 +76,12 @@ class Run:
     interrupt: object = None  # Ctrl-C handling while training (engine/trainer.py)
     summary: dict | None = None  # summary.json's figures once trained
     startup_s: float | None = None  # this process's start to its first training step (summary.json)
+    ema: WeightAverage | None = None  # --ema: the averaged weights, which are validated and saved
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model validation runs and checkpoints save: the weight average under --ema."""
+        return self.ema.model if self.ema is not None else self.raw_model
 
     def stop(self, reason: str = "stopped by a callback") -> None:
         """Ask training to end after the current epoch (callbacks call this); the run finishes normally."""
@@ -111,7 +118,7 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
     optimizer = build_optimizer(optimizer_groups(raw_model, cfg), cfg)
     state = TrainState()
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
+        raw_model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))  # --ema: "model" is the average
         optimizer.load_state_dict(ckpt["optimizer"])
         state = TrainState(**ckpt["state"])
         runtime.set_rng_state(ckpt["rng"])
@@ -123,9 +130,12 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
         print("channels_last off: the model has a 1x1 stride-2 convolution with under 8 input channels, whose "
               "CPU backward in this torch build corrupts memory", flush=True)
     _move_optimizer_state(optimizer, device)
+    ema = WeightAverage(raw_model, cfg.ema) if cfg.ema else None
+    if ema is not None and ckpt is not None:
+        ema.model.load_state_dict(ckpt["model"])
     model = wrap_model(raw_model, cfg, dist, device)
     run = Run(cfg, given, run_dir, dist, device, runtime.amp_dtype(cfg.amp, device), data, model, raw_model,
-              optimizer, state, Callbacks(), channels_last, resumed=ckpt is not None, load_note=load_note)
+              optimizer, state, Callbacks(), channels_last, resumed=ckpt is not None, load_note=load_note, ema=ema)
     for event, fns in (callbacks or {}).items():
         for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
             run.callbacks.add(event, fn)

@@ -119,6 +119,9 @@ def write_run_header(run) -> None:
               + ("; SyncBatchNorm" if cfg.sync_bn else "; BatchNorm statistics per process" if has_bn else ""))
     if run.load_note:
         print(f"weights: {run.load_note}")
+    if run.ema is not None:
+        print(f"weight average: EMA, decay {cfg.ema:g} (warm-up min(decay, (1+step)/(10+step))); validation, "
+              "best.pt and the export use the averaged weights")
     if not run.resumed:
         print(summary)
     print(f"run folder: {run.dir}", flush=True)
@@ -146,7 +149,7 @@ def evaluate_test_split(run, summary: dict) -> None:
         return
     best = Path(run.dir) / "best.pt"
     predictor = Predictor.load(best) if best.exists() else Predictor.from_model(
-        run.raw_model, run.data.prep, run.data.classes, tta_flip=run.cfg.tta_flip)
+        run.eval_model, run.data.prep, run.data.classes, tta_flip=run.cfg.tta_flip)
     metrics = evaluate_and_report(predictor, test, Path(run.dir) / "eval",
                                   title=f"{run.cfg.model} on {run.cfg.dataset} ({split} split)", source=str(best),
                                   history=run.state.history, progress=run.cfg.progress, figures=run.cfg.plots)

@@ -123,6 +123,8 @@ def _train_epochs(run: Run) -> None:
                                          step_size=step_size))
 
     def on_step(step, batch_done, sums):
+        if run.ema is not None:
+            run.ema.update(run.raw_model, step)
         if cfg.save_every and step % cfg.save_every == 0 and batch_done < steps_per_epoch:
             _save_progress(run, step, batch_done, sums)
         run.interrupt.check(step, batch_done, sums)
@@ -150,8 +152,8 @@ def _train_epochs(run: Run) -> None:
         sums = EpochSums(**state.epoch_sums) if state.batch_in_epoch else None
         sums, state.step = train_one_epoch(train_model, train_loader, ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
-        val = evaluate(run.model, loaders["val"], run.device, amp_dtype=run.amp_dtype,
-                       channels_last=run.channels_last, tta_flip=cfg.tta_flip)
+        val = evaluate(run.model if run.ema is None else run.ema.model, loaders["val"], run.device,
+                       amp_dtype=run.amp_dtype, channels_last=run.channels_last, tta_flip=cfg.tta_flip)
         if _end_epoch(run, epoch, sums, val, ctx.train_size):
             break
         if run.interrupt.requested:
@@ -204,9 +206,11 @@ def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict, train_size=None
 
 
 def checkpoint_payload(run: Run, *, with_optimizer: bool = True) -> dict:
-    model = run.raw_model
+    """What best.pt and last.pt hold: ``model`` is the model to evaluate and deploy (the weight average under
+    --ema); last.pt also holds what resuming needs (optimiser, RNG, and under --ema the trained weights)."""
+    model = run.eval_model
     payload = {
-        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "model": _cpu_state(model),
         "model_name": run.cfg.model,
         "num_classes": model.num_classes,
         "in_chans": model.in_chans,
@@ -221,9 +225,15 @@ def checkpoint_payload(run: Run, *, with_optimizer: bool = True) -> dict:
         "state": dataclasses.asdict(run.state),
     }
     if with_optimizer:
+        if run.ema is not None:
+            payload["trained_model"] = _cpu_state(run.raw_model)
         payload["optimizer"] = run.optimizer.state_dict()
         payload["rng"] = runtime.get_rng_state()
     return payload
+
+
+def _cpu_state(model) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def save_training_checkpoint(run: Run, name: str, *, with_optimizer: bool = True) -> None:
