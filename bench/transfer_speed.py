@@ -111,6 +111,31 @@ def imagenet_weights(model: str, folder: Path) -> tuple[str, str]:
     return str(path), "RANDOM weights (no ImageNet file in the torch.hub cache): speed figures only"
 
 
+def gflop_per_image(model: str, mode: str, img_size: int) -> float:
+    """GFLOP (2 per multiply-add) one training image costs: the forward pass, and for finetune also the backward
+    pass, counted as twice the forward (input and weight gradients)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from classifier._compat import import_torchvision
+
+    net = import_torchvision().models.get_model(model, weights=None).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 3, img_size, img_size))
+    return counter.get_total_flops() / 1e9 * (3 if mode == "finetune" else 1)
+
+
+def compute_rate() -> tuple[str, float]:
+    """(dtype name, GFLOP/s) of this CPU's 2048 matmul in the dtype ``--amp auto`` trains in here."""
+    import torch
+
+    from classifier.engine.runtime import amp_dtype
+    from train_speed import matmul_gflops
+
+    dtype = amp_dtype("auto", torch.device("cpu")) or torch.float32
+    return str(dtype).removeprefix("torch."), matmul_gflops(dtype)
+
+
 def plain_loop(model: str, mode: str, folder: Path, args) -> dict:
     """(a) The loop the tutorials write; returns images/s and seconds for ``args.epochs`` epochs."""
     import torch
@@ -216,6 +241,9 @@ def main(argv=None):
     folder = Path(args.folder) if args.folder else make_photo_folder(work / "photos", args.images, args.data_dir)
     print(f"folder {folder}; {args.epochs} epochs at {args.img_size} px, batch {args.batch_size}; work in {work}")
     results = []
+    dtype, rate = compute_rate() if args.models else ("", 0.0)
+    if args.models:
+        print(f"this CPU's 2048 matmul in {dtype} (what --amp auto trains in here): {rate:.0f} GFLOP/s")
     for model in args.models:
         weights, described = imagenet_weights(model, work)
         print(f"\n== {model}: {described}")
@@ -230,6 +258,12 @@ def main(argv=None):
                   f"epochs | toolkit {toolkit['images_per_s']:.1f} img/s, {toolkit['seconds']:.1f} s "
                   f"(startup_s {toolkit['startup_s']:.1f} + training {toolkit['train_time_s']:.1f}), peak memory "
                   f"{toolkit['max_rss_mb']:.0f} MB | {speed:.2f}x img/s, {time_ratio:.2f}x less time ({target})")
+            flop = gflop_per_image(model, mode, args.img_size)
+            passes = toolkit.get("images_per_s") if mode == "finetune" else toolkit.get("backbone_images_per_s")
+            if passes:
+                print(f"      ceiling: {flop:.2f} GFLOP per image {'trained' if mode == 'finetune' else 'through the backbone'}"
+                      f" at {passes:.1f} img/s = {flop * passes:.0f} GFLOP/s, {flop * passes / rate:.0%} of the "
+                      f"{dtype} matmul rate")
             for line in toolkit["header"]:
                 print(f"      {line}")
             results.append({"model": model, "mode": mode, "weights": described, "plain": plain,

@@ -287,10 +287,16 @@ def test_feature_extract_with_and_without_the_feature_cache_trains_the_same_head
     common = ["--model", "lenet5", "--epochs", "2", "--mode", "feature-extract", "--weights", str(source / "best.pt"),
               "--augment", "none", "--eval-test", "false"]
     cached = train(tmp_path, tiny_folder, *common, name="cached")
-    assert "feature cache: computed 1 view(s) x" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "feature cache: computed 1 view(s) x" in out
+    assert "feature cache (validation): computed 1 view(s) x 6 images" in out  # the backbone once per image
     plain = train(tmp_path, tiny_folder, *common, "--feature-cache", "off", name="plain")
     assert "feature cache off (--feature-cache off)" in capsys.readouterr().out
-    a, b = load_checkpoint(cached / "last.pt")["model"], load_checkpoint(plain / "last.pt")["model"]
+    a, b = load_checkpoint(cached / "last.pt"), load_checkpoint(plain / "last.pt")
+    for run_a, run_b in zip(a["state"]["history"], b["state"]["history"]):  # validation on cached features
+        assert run_a["val_loss"] == pytest.approx(run_b["val_loss"], rel=1e-5)
+        assert run_a["val_acc"] == run_b["val_acc"]
+    a, b = a["model"], b["model"]
     assert set(a) == set(b)  # the saved model is backbone + head either way
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

@@ -116,6 +116,24 @@ def head_training(run):
     return run.raw_model.head, features, False, note
 
 
+def validation(run, *, on_features: bool):
+    """(model, loader, channels_last) for each epoch's validation. The model is the weight average under --ema.
+    ``on_features`` (the head trains on cached features): the head on the validation images' cached features
+    (one view each: validation does not augment), so the frozen backbone runs once per validation image, not
+    once per epoch; with --tta-flip, which needs the mirror images, the whole model on the images as before."""
+    model = run.model if run.ema is None else run.ema.model
+    loader = run.data.loaders["val"]
+    if not on_features or run.cfg.tta_flip or not len(loader.samples):
+        return model, loader, run.channels_last
+    features, note = cached_feature_loader(run.raw_model, loader, views=1, device=run.device,
+                                           amp_dtype=run.amp_dtype, channels_last=run.channels_last)
+    if features is None:
+        return model, loader, run.channels_last
+    if run.dist.is_main:
+        print(note.replace("feature cache:", "feature cache (validation):", 1), flush=True)
+    return (run.raw_model if run.ema is None else run.ema.model).head, features, False
+
+
 def compute_features(model, loader: InMemoryLoader, views: int, *, device=torch.device("cpu"), amp_dtype=None,
                      channels_last: bool = False, batch_size: int = FEATURE_BATCH) -> torch.Tensor:
     """(views, N, num_features) float32: the frozen backbone on view k = the loader's augmentation at epoch k."""

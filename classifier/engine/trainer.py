@@ -21,7 +21,7 @@ from classifier.config import Config
 from classifier.engine import runtime
 from classifier.engine.build import Run, build_run
 from classifier.engine.callbacks import add_default_callbacks
-from classifier.engine.features import head_training
+from classifier.engine.features import head_training, validation
 from classifier.engine.loop import (EpochSums, StepContext, evaluate, loss_class_weights, progressive_size,
                                     train_one_epoch)
 from classifier.engine.optim import lr_factor, set_lr
@@ -137,6 +137,7 @@ def _train_epochs(run: Run) -> None:
     train_model, train_loader, channels_last, note = head_training(run)
     if note and run.dist.is_main:
         print(note, flush=True)
+    val_model, val_loader, val_channels_last = validation(run, on_features=train_model is not run.model)
     ctx = StepContext(run.optimizer, run.device, run.amp_dtype, cfg.label_smoothing, cfg.grad_clip,
                       channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main,
                       class_weights=loss_class_weights(cfg.class_weights, loaders["train"].samples.labels,
@@ -152,8 +153,8 @@ def _train_epochs(run: Run) -> None:
         sums = EpochSums(**state.epoch_sums) if state.batch_in_epoch else None
         sums, state.step = train_one_epoch(train_model, train_loader, ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
-        val = evaluate(run.model if run.ema is None else run.ema.model, loaders["val"], run.device,
-                       amp_dtype=run.amp_dtype, channels_last=run.channels_last, tta_flip=cfg.tta_flip)
+        val = evaluate(val_model, val_loader, run.device, amp_dtype=run.amp_dtype, channels_last=val_channels_last,
+                       tta_flip=cfg.tta_flip)
         if _end_epoch(run, epoch, sums, val, ctx.train_size):
             break
         if run.interrupt.requested:
