@@ -4,7 +4,8 @@
 After every optimiser step: ``avg = d * avg + (1 - d) * weights`` over every floating-point tensor of the
 state dict (BatchNorm running statistics included; integer counters are copied), with a warm-up
 ``d = min(decay, (1 + step) / (10 + step))`` so the first steps do not tie the average to the random
-initialisation (timm's and TensorFlow's rule). Validation, ``best.pt``, ``last.pt``'s ``model`` and therefore
+initialisation (TensorFlow's rule; timm's warm-up is of the same shape). A decay d takes over from the warm-up
+only after step (10d - 1) / (1 - d): 890 for 0.99, 8,990 for 0.999; before that every decay averages alike. Validation, ``best.pt``, ``last.pt``'s ``model`` and therefore
 evaluation, prediction and export use the average; ``last.pt`` also keeps the trained weights
 (``trained_model``) so a resumed run continues exactly.
 """
