@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 
 from classifier.config import Config, load_yaml, make_config, with_recipe
-from classifier.data import BadImageError, Samples, is_image_file, load_dataset, load_image, run_splits
+from classifier.data import BadImageError, Samples, load_dataset, load_image, run_splits
 from classifier.data.arrays import arrays_dataset, as_uint8_images
 from classifier.data.check import run_check
-from classifier.data.datasets import labelled_folder
+from classifier.data.datasets import image_files_under, labelled_folder
 from classifier.data.images import pil_to_array
 from classifier.data.splits import evaluation_split
 from classifier.engine.lr_finder import LRFinderResult, find_lr_for_config
@@ -344,7 +344,7 @@ def image_files(path: str | Path) -> list[Path]:
     """A file, or the image files of a folder (recursively, sorted)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and is_image_file(f))
+        files = [Path(f) for f in image_files_under(path)]
         if not files:
             raise ClassifierError(f"no images found in {path}")
         return files

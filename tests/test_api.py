@@ -110,6 +110,18 @@ def test_predict_takes_paths_folders_pil_and_arrays_from_pt_and_onnx(folder_run,
     assert labels[".pt"] == labels[".onnx"]
 
 
+def test_predict_on_a_folder_lists_images_as_training_does(folder_run, tmp_path):
+    run, _, data = folder_run
+    files = sorted((data / "red").glob("*.png"))[:2]
+    (tmp_path / "photos" / "day2").mkdir(parents=True)
+    (tmp_path / "photos" / ".ipynb_checkpoints").mkdir()  # a notebook's hidden copies: not images to classify
+    for target in ("photos/b.png", "photos/day2/a.png", "photos/.ipynb_checkpoints/b.png"):
+        (tmp_path / target).write_bytes(files[0].read_bytes())
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    preds = classifier.load(run.dir / "best.pt").predict(tmp_path / "photos")
+    assert [p.path for p in preds] == [str(tmp_path / "photos" / "b.png"), str(tmp_path / "photos" / "day2" / "a.png")]
+
+
 def test_evaluate_and_export_from_the_api(folder_run, tmp_path):
     run, onnx_path, data = folder_run
     model = classifier.load(run.dir / "best.pt")

@@ -440,7 +440,7 @@ def labelled_folder(folder: str, model_classes: list[str]) -> Samples:
     dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, labels = [], []
     for d in dirs:
-        files = _image_files(d)
+        files = image_files_under(d)
         label = model_classes.index(d.name) if d.name in model_classes else -1
         paths += files
         labels += [label] * len(files)
@@ -480,7 +480,7 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None, root: Pat
             raise ClassifierError(f"class folder(s) {', '.join(extra)} in '{folder}' are not training classes")
     paths, labels = [], []
     for name in found:
-        files = _image_files(folder / name)
+        files = image_files_under(folder / name)
         if not files:
             raise ClassifierError(f"class folder '{folder / name}' has no images "
                                   f"(extensions: {', '.join(sorted(e[1:] for e in _EXT_HINT))})")
@@ -492,7 +492,9 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None, root: Pat
 _EXT_HINT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".webp")
 
 
-def _image_files(folder: Path) -> list[str]:
+def image_files_under(folder: Path) -> list[str]:
+    """The image files below ``folder`` (followed links included, hidden folders such as .ipynb_checkpoints
+    skipped), sorted by folder, then name."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
