@@ -111,9 +111,9 @@ def imagenet_weights(model: str, folder: Path) -> tuple[str, str]:
     return str(path), "RANDOM weights (no ImageNet file in the torch.hub cache): speed figures only"
 
 
-def gflop_per_image(model: str, mode: str, img_size: int) -> float:
-    """GFLOP (2 per multiply-add) one training image costs: the forward pass, and for finetune also the backward
-    pass, counted as twice the forward (input and weight gradients)."""
+def gflop_per_trained_image(model: str, img_size: int) -> float:
+    """GFLOP (2 per multiply-add) one fine-tuned image costs: the forward pass and the backward pass, counted as
+    twice the forward (input and weight gradients)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -122,7 +122,7 @@ def gflop_per_image(model: str, mode: str, img_size: int) -> float:
     net = import_torchvision().models.get_model(model, weights=None).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(torch.zeros(1, 3, img_size, img_size))
-    return counter.get_total_flops() / 1e9 * (3 if mode == "finetune" else 1)
+    return counter.get_total_flops() / 1e9 * 3
 
 
 def compute_rate() -> tuple[str, float]:
@@ -258,9 +258,8 @@ def main(argv=None):
                   f"epochs | toolkit {toolkit['images_per_s']:.1f} img/s, {toolkit['seconds']:.1f} s "
                   f"(startup_s {toolkit['startup_s']:.1f} + training {toolkit['train_time_s']:.1f}), peak memory "
                   f"{toolkit['max_rss_mb']:.0f} MB | {speed:.2f}x img/s, {time_ratio:.2f}x less time ({target})")
-            flop = gflop_per_image(model, "finetune", args.img_size)
             if mode == "finetune":  # the target's ceiling (feature-extract's pass count is in its header line)
-                done = toolkit["images_per_s"]
+                flop, done = gflop_per_trained_image(model, args.img_size), toolkit["images_per_s"]
                 print(f"      ceiling: {flop:.2f} GFLOP per trained image at {done:.1f} img/s = {flop * done:.0f} "
                       f"GFLOP/s, {flop * done / rate:.0%} of the {dtype} matmul rate")
             for line in toolkit["header"]:

@@ -131,7 +131,7 @@ def validation(run, *, on_features: bool):
         return model, loader, run.channels_last
     if run.dist.is_main:
         print(note.replace("feature cache:", "feature cache (validation):", 1), flush=True)
-    return (run.raw_model if run.ema is None else run.ema.model).head, features, False
+    return run.eval_model.head, features, False
 
 
 def compute_features(model, loader: InMemoryLoader, views: int, *, device=torch.device("cpu"), amp_dtype=None,
