@@ -23,7 +23,7 @@ from classifier.preprocess import RESIZE_POLICIES
 MODES = ("scratch", "finetune", "feature-extract")
 MODE_ALIASES = {"transfer": "feature-extract", "feature_extract": "feature-extract", "fine-tune": "finetune"}
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("cosine", "onecycle", "step", "none")
+SCHEDULERS = ("cosine", "linear", "onecycle", "step", "none")
 SAMPLERS = ("shuffle", "balanced")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # Defaults per mode, chosen on validation accuracy of the transfer experiment (bench/experiments/transfer.yaml:

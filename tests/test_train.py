@@ -12,6 +12,7 @@ import classifier
 from classifier.checkpoint import load_checkpoint
 from classifier.commands.train import main as train_main
 from classifier.engine.loop import progressive_size
+from classifier.engine.optim import lr_factor
 from classifier.errors import ClassifierError
 from tests.conftest import write_class_images
 
@@ -356,6 +357,27 @@ def test_ema_run_validates_and_saves_the_averaged_weights(tmp_path, tiny_folder,
     assert val_loss_of(last["trained_model"]) != pytest.approx(val_loss, rel=1e-3)  # not the trained weights
     assert "trained_model" not in load_checkpoint(result.dir / "best.pt")  # deployable file: the average only
     assert "ema: 0.9" in (result.dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decaying_schedules_warm_up_then_fall_to_zero(schedule):
+    total, warmup = 100, 10
+    f = [lr_factor(s, total, schedule=schedule, warmup_steps=warmup) for s in range(total)]
+    assert f[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])  # linear warm-up to the peak
+    assert f[warmup] == 1.0 and all(a >= b for a, b in zip(f[warmup:], f[warmup + 1:]))
+    assert f[-1] < 0.02 and lr_factor(total, total, schedule=schedule) == 0.0
+    steps = np.diff(f[warmup:])
+    if schedule == "linear":
+        assert steps == pytest.approx(np.full_like(steps, -1 / (total - warmup)))  # equal steps down
+    else:
+        assert abs(steps[0]) < abs(steps[len(steps) // 2])  # cosine: slow start, fastest in the middle
+
+
+def test_onecycle_and_step_schedules():
+    assert max(range(100), key=lambda s: lr_factor(s, 100, schedule="onecycle")) == 29  # peak after 30%
+    assert [lr_factor(s, 100, schedule="step") for s in (0, 49, 50, 74, 75)] == pytest.approx([1, 1, .1, .1, .01])
+    assert lr_factor(7, 100, schedule="step", step_size=3) == pytest.approx(0.01)
+    assert lr_factor(50, 100, schedule="none") == 1.0
 
 
 def test_progressive_resize_schedule():

@@ -24,9 +24,11 @@ def lr_factor(step: int, total_steps: int, *, schedule: str, warmup_steps: int =
         warmup_steps = warmup_steps or max(1, int(0.3 * total_steps))
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule in ("cosine", "onecycle"):
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":  # falls in equal steps to zero at the end (no slow start or tail)
+        return 1.0 - progress
     if schedule == "step":
         if step_size:
             return 0.1 ** (step // step_size)
