@@ -8,9 +8,9 @@ report the wall-clock minutes at which test accuracy first reaches each target (
 Every train.py flag works (``--recipe``, ``--epochs``, ``--threads``...). ``wall_min`` is wall-clock
 time from the call to ``fit`` (data loading, model set-up, training, validation, checkpoints), minus the
 test-split evaluations this command adds to measure; ``train_min`` is the time inside training steps
-alone. The test split is evaluated as the run's evaluation is configured (``tta_flip``, bf16). Results
-are printed per epoch and written to RUN_DIR/time_to_accuracy.json and .csv after every epoch, so an
-interrupted run keeps its figures.
+alone. The test split is evaluated as the run's validation is (the weight average with ``--ema``,
+``tta_flip``, bf16). Results are printed per epoch and written to RUN_DIR/time_to_accuracy.json and .csv
+after every epoch, so an interrupted run keeps its figures.
 
 A recipe has a budget (RECIPE_BUDGETS: test accuracy within minutes of training steps) set on a machine
 whose 2-thread bf16 matmul (2048 x 2048) runs at 823 GFLOP/s. The bench measures the same matmul here, in
@@ -71,7 +71,7 @@ class TestSplitTracker:
             self.loader = build_loader(run.data.splits["test"], run.data.prep, train=False,
                                        batch_size=run.cfg.batch_size, rank=run.dist.rank,
                                        world_size=run.dist.world_size)
-        test = evaluate(run.model, self.loader, run.device, amp_dtype=run.amp_dtype,
+        test = evaluate(run.eval_model, self.loader, run.device, amp_dtype=run.amp_dtype,
                         channels_last=run.cfg.channels_last, tta_flip=run.cfg.tta_flip)
         self.rows.append({"epoch": row["epoch"], "wall_min": wall_s / 60, "train_min": run.state.train_time_s / 60,
                           "val_acc": row["val_acc"], "test_acc": test["acc"], "test_loss": test["loss"]})
