@@ -61,7 +61,7 @@ def test_gray_dataset_for_rgb_model(tmp_path):
     torch.testing.assert_close(fast[0][0], slow[0][0], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("preset", ["light", "strong", "light-noflip"])
+@pytest.mark.parametrize("preset", ["light", "strong", "light-noflip", "flip-cutout"])
 def test_batched_augmentation_keeps_labels_aligned(preset):
     labels = np.arange(64) % 10
     samples = Samples(labels=labels, images=code_images(labels, size=(16, 16)))

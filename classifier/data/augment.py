@@ -1,12 +1,14 @@
 """Training augmentation: named presets implemented twice with one meaning, plus user pipelines.
 
-Presets (``none``, ``flip``, ``light``, ``strong``; ``-noflip`` variants for data where a mirror image
+Presets (``none``, ``flip``, ``light``, ``strong``, ``flip-cutout``; ``-noflip`` variants for data where a mirror image
 is a different thing, e.g. text or digits):
 
 * ``flip``: a horizontal flip with probability 0.5 only (pixels stay where they are).
 * ``light``: translate by up to 1/8 of each side in whole pixels (reflect padding, then a random
   crop back to the original size), then a horizontal flip with probability 0.5.
 * ``strong``: ``light``, then cutout: one black square hole of half the side, placed fully inside.
+* ``flip-cutout``: the flip, then one black square hole of a quarter of the side (random erasing's
+  regulariser without the translation, for short schedules).
 
 (a) :func:`augment_batch` applies a preset to a whole uint8 NCHW batch at once (the in-memory path).
 (b) :func:`preset_pipeline` builds the same preset with albumentations for one HWC image at a time
@@ -51,6 +53,7 @@ PRESETS = {
     "light-noflip": Preset(translate=1 / 8),
     "strong": Preset(translate=1 / 8, flip=True, cutout=1 / 2),
     "strong-noflip": Preset(translate=1 / 8, cutout=1 / 2),
+    "flip-cutout": Preset(flip=True, cutout=1 / 4),
 }
 # Flips are right for all three: clothes, CIFAR objects and satellite tiles have no handedness.
 DEFAULT_AUGMENT = {"fashion_mnist": "light", "cifar10": "light", "eurosat": "light"}
