@@ -1,7 +1,7 @@
 """Training augmentation: named presets implemented twice with one meaning, plus user pipelines.
 
-Presets (``none``, ``flip``, ``light``, ``strong``, ``flip-cutout``; ``-noflip`` variants for data where a mirror image
-is a different thing, e.g. text or digits):
+Presets (``none``, ``flip``, ``light``, ``strong``, ``flip-cutout``; ``-noflip`` variants for data
+where a mirror image is a different thing, e.g. text or digits):
 
 * ``flip``: a horizontal flip with probability 0.5 only (pixels stay where they are).
 * ``light``: translate by up to 1/8 of each side in whole pixels (reflect padding, then a random
