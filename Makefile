@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # torch is pinned to the CPU build first: an unpinned torch would pull several GB of CUDA packages.
 # torchvision is pinned to the release that pairs with it (a newer one would pull a newer, CUDA torch).
 TORCH  ?= torch==2.13.0 torchvision==0.28.0
+# the optional parts (setup.cfg's extras) that the tests exercise
+EXTRAS ?= test,data,trust,serve,tune
 # Python may write .pyc files for what these commands import (an empty value is "unset"): where the
 # environment sets PYTHONDONTWRITEBYTECODE (as our CI machines do), nothing would ever be cached, and every
 # Python process would compile torch from source again (the test suite: 300 s -> 440 s).
@@ -18,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile --upgrade pip
 	$(PY) -m pip install -q --no-compile $(TORCH)
-	$(PY) -m pip install -q --no-compile -e '.[test]'
+	$(PY) -m pip install -q --no-compile -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(VENV)/.installed
