@@ -5,7 +5,7 @@
     python bench/experiments.py transfer --dry-run           # print the train.py commands, run nothing
     python bench/experiments.py fmnist --only 'res*'         # a subset of the runs (glob on run names)
     python bench/experiments.py fmnist transfer cifar10 eurosat --report-only \\
-        --markdown docs/results.md --figures docs/figures    # README-ready Markdown from finished runs
+        --markdown docs/results-matrix.md --figures docs/figures    # README-ready Markdown from finished runs
     python bench/experiments.py eurosat --set dataset=folder:photos --out bench/results-photos
 
 A matrix is a YAML file in bench/experiments/ (or any path): shared train.py flags, then groups of runs
