@@ -14,30 +14,25 @@ Errors a user can cause raise ``ClassifierError`` with the one-line message the 
 """
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
-from classifier.config import Config, load_yaml, make_config, with_recipe
+from classifier.config import Config, resolve
 from classifier.data import BadImageError, Samples, load_dataset, load_image, run_splits
-from classifier.data.arrays import arrays_dataset, as_uint8_images
 from classifier.data.check import run_check
-from classifier.data.datasets import image_files_under, labelled_folder
-from classifier.data.images import pil_to_array
-from classifier.data.splits import evaluation_split
 from classifier.engine.lr_finder import LRFinderResult, find_lr_for_config
+from classifier.engine.runtime import global_state_restored
 from classifier.engine.trainer import fit
 from classifier.errors import ClassifierError
 from classifier.evaluation import evaluate_and_report, images_to_uint8_batch
+from classifier.evaluation_data import evaluation_samples
 from classifier.inference import CHECKPOINT_SUFFIXES, Predictor
+from classifier.inputs import in_memory_dataset, load_inputs
 from classifier.models import list_models as _registry_list_models
+from classifier.report.notebook import report_html, report_markdown
 from classifier.report.plots import plot_dataset_grid, plot_predictions_grid
 from classifier.report.writer import prediction_rows, write_predictions_csv
 
@@ -66,17 +61,10 @@ def train(config: str | Path | None = None, *, resume: str | Path | None = None,
     The global state a run changes (torch thread count, deterministic mode, the torch / numpy / Python
     random generators) is restored when it returns.
     """
-    arrays = None
-    dataset = settings.get("dataset")
-    if isinstance(dataset, (tuple, list)):
-        if len(dataset) != 2:
-            raise ClassifierError("dataset=(images, labels) takes two arrays")
-        arrays = arrays_dataset(*dataset, class_names=class_names)
+    arrays = in_memory_dataset(settings.get("dataset"), class_names)
+    if arrays is not None:
         settings["dataset"] = arrays[0].name
-    elif class_names is not None:
-        raise ClassifierError("class_names names the classes of in-memory arrays: use it with "
-                              "dataset=(images, labels) (to keep a subset of a dataset's classes, use classes=)")
-    cfg, given = resolve_settings(config, settings)
+    cfg, given = resolve(settings, config, resume=resume)
     with global_state_restored():
         run = fit(cfg, given=given, resume=resume, arrays=arrays, callbacks=callbacks)
     return TrainResult(Path(run.dir), run.summary or {}, list(run.state.history), run.cfg, run)
@@ -85,43 +73,18 @@ def train(config: str | Path | None = None, *, resume: str | Path | None = None,
 def find_lr(config: str | Path | None = None, *, plot: str | Path | None = None, **settings) -> LRFinderResult:
     """The learning-rate range test on what ``train(**settings)`` would train (its data, model, mode,
     optimiser and parameter groups): ``.suggestion`` (a number), ``.rule``, ``.lrs``, ``.losses``; ``plot``
-    writes loss against learning rate with the suggestion marked. Writes no run folder; the global state
-    (random generators, threads) is put back afterwards, as by ``train``."""
-    cfg, _ = resolve_settings(config, settings)
+    writes loss against learning rate with the suggestion marked (``True``: MODEL-DATASET-lr_find.png). Writes
+    no run folder; the global state (random generators, threads) is put back afterwards, as by ``train``."""
+    cfg, _ = resolve(settings, config)
+    if plot is True:
+        plot = f"{cfg.model.replace('/', '_')}-{_dataset_label(cfg.dataset)}-lr_find.png"
     with global_state_restored():
         return find_lr_for_config(cfg, plot_path=plot)
 
 
-def resolve_settings(config, settings: dict) -> tuple[Config, dict]:
-    """The checked Config for a YAML file and API arguments (recipe < file < arguments), and the settings
-    given, as checked and typed (flags arrive as text)."""
-    values = with_recipe({**(load_yaml(config) if config else {}), **settings})
-    cfg = make_config(values)
-    resolved = cfg.to_dict()
-    return cfg, {key: resolved[key] for key in values}
-
-
-@contextlib.contextmanager
-def global_state_restored():
-    """Put back the process-wide settings a run changes: threads, deterministic mode, random generators."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        # only when the run changed it: the call imports torch._dynamo and torch._inductor (~3 s)
-        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
-                != (deterministic, warn_only):
-            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        torch.set_rng_state(rng[0])
-        np.random.set_state(rng[1])
-        random.setstate(rng[2])
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+def _dataset_label(dataset: str) -> str:
+    """A dataset spec as part of a file name: ``folder:data/photos/`` -> ``data_photos``."""
+    return dataset.split(":")[-1].strip("/").replace("/", "_")
 
 
 @dataclass(repr=False)
@@ -171,7 +134,9 @@ def list_models(pattern: str = "*") -> list[str]:
 @dataclass
 class Prediction:
     """One image's prediction: ``label`` and ``confidence`` of the top class, ``topk`` [(label, prob)],
-    ``probs`` (all classes, in the model's class order), ``path`` of the file it came from (or None)."""
+    ``probs`` (all classes, in the model's class order: softmax, or one sigmoid per class for a multi-label
+    model), ``path`` of the file it came from (or None), ``labels``: the predicted classes (the top class;
+    for a multi-label model every class at or above its threshold, maybe none)."""
 
     label: str
     confidence: float
@@ -179,6 +144,7 @@ class Prediction:
     topk: list
     probs: np.ndarray = field(repr=False)
     path: str | None = None
+    labels: list = field(default_factory=list)
 
     def __repr__(self) -> str:
         where = f"{self.path!r}, " if self.path else ""
@@ -192,13 +158,18 @@ class Predictions(list):
         super().__init__(items)
         self.skipped, self.classes = skipped, classes
         self._shown = list(shown)  # the first images, for predictions.png
+        self.multilabel = False  # set by Model.predict for a multi-label model
 
     def save(self, out_dir: str | Path, *, topk: int = 5) -> Path:
         """predictions.csv (file, top-k, probabilities) and predictions.png (a grid) in ``out_dir``."""
         out = Path(out_dir)
         probs = np.stack([p.probs for p in self]) if self else np.zeros((0, len(self.classes)))
         names = [p.path or f"image {i}" for i, p in enumerate(self)]
-        write_predictions_csv(out / "predictions.csv", prediction_rows(names, probs, self.classes, k=topk))
+        sets = None
+        if self.multilabel:  # a labels column: the predicted label set, space-separated
+            sets = np.array([[c in p.labels for c in self.classes] for p in self], dtype=np.int64)
+        write_predictions_csv(out / "predictions.csv", prediction_rows(names, probs, self.classes, k=topk,
+                                                                       label_sets=sets))
         if self._shown:
             side = min(max(max(im.shape[:2]) for im in self._shown), 128)
             pred = probs[: len(self._shown)].argmax(1)
@@ -236,133 +207,88 @@ class Model:
                 f"input={prep.channels}x{prep.size[0]}x{prep.size[1]})")
 
     # --- predict
-    def predict(self, inputs, *, topk: int = 5, batch_size: int = 64) -> Predictions:
+    def predict(self, inputs, *, topk: int = 5, batch_size: int = 64, threshold: float | None = None) -> Predictions:
         """Predictions for image files, folders (searched recursively), PIL images, or numpy arrays /
         tensors: (H,W), (H,W,C) one image, (N,H,W[,C]) a batch; uint8 0-255 or float 0-1. A single
-        input or a list of them. Unreadable files are skipped and listed in ``.skipped``."""
+        input or a list of them. Unreadable files are skipped and listed in ``.skipped``. A multi-label
+        model's ``labels`` are the classes at or above their fitted thresholds (``threshold``: this one for
+        every class)."""
         if topk < 1:
             raise ClassifierError(f"topk must be at least 1, got {topk}")
-        images, paths, skipped = self._images(inputs)
+        images, paths, skipped = load_inputs(inputs, self.predictor.prep.channels)
         probs = self.predictor.predict(images, batch_size=batch_size) if images else np.zeros((0, len(self.classes)))
         k = min(topk, len(self.classes))
+        sets = self.predictor.label_sets(probs, threshold)
         out = []
-        for row, path in zip(probs, paths):
+        for row, path, chosen in zip(probs, paths, sets):
             order = np.argsort(-row, kind="stable")[:k]
             out.append(Prediction(self.classes[order[0]], float(row[order[0]]), int(order[0]),
-                                  [(self.classes[i], float(row[i])) for i in order], row, path))
+                                  [(self.classes[i], float(row[i])) for i in order], row, path,
+                                  [self.classes[i] for i in np.flatnonzero(chosen)]))
         if skipped:
             print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(r for _, r in skipped[:3])
                   + (" ..." if len(skipped) > 3 else ""))
-        return Predictions(out, skipped, self.classes, images[:GRID_IMAGES])
-
-    def _images(self, inputs):
-        """uint8 HWC images in the model's channels, their paths (None for in-memory), and skipped files."""
-        channels = self.predictor.prep.channels
-        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        images, paths, skipped = [], [], []
-        for item in items:
-            if isinstance(item, (str, Path)):
-                for file in image_files(item):
-                    try:
-                        images.append(load_image(file, channels))
-                        paths.append(str(file))
-                    except BadImageError as err:
-                        skipped.append((str(file), str(err)))
-            elif isinstance(item, Image.Image):
-                images.append(pil_to_array(item, channels))
-                paths.append(None)
-            elif isinstance(item, np.ndarray) or torch.is_tensor(item):
-                batch = array_images(item)
-                images += list(batch)
-                paths += [None] * len(batch)
-            else:
-                raise ClassifierError(f"cannot predict on a {type(item).__name__}: give image paths, folders, "
-                                      "PIL images or numpy arrays")
-        return images, paths, skipped
+        predictions = Predictions(out, skipped, self.classes, images[:GRID_IMAGES])
+        predictions.multilabel = self.predictor.task.name == "multilabel"
+        return predictions
 
     # --- evaluate
     def evaluate(self, data=None, *, split: str | None = None, output: str | Path | None = None, data_dir=None,
-                 batch_size: int = 256, progress: bool = True) -> "EvalReport":
+                 batch_size: int = 256, progress: bool = True, threshold: float | None = None) -> "EvalReport":
         """Accuracy, per-class metrics, confusion matrix and figures, written to a report folder.
 
         ``data``: None (the model's own run: ``split`` of the split recorded beside the checkpoint), a
         folder of class sub-folders (labelled by class name), a dataset spec (``fashion_mnist``,
-        ``folder:PATH``: split as the run was), or ``(images, labels)`` arrays (labels: class indices).
+        ``folder:PATH``, ``csv:PATH``: split as the run was), or ``(images, labels)`` arrays (labels: class
+        indices, or a 0/1 matrix for a multi-label model). ``threshold``: a multi-label model's decision
+        threshold for every class instead of its fitted ones.
         """
-        samples, source, target = self._eval_samples(data, split, data_dir)
+        samples, source, target = evaluation_samples(data, split, data_dir, model_path=self.path,
+                                                     classes=self.classes, metadata=self.metadata)
         out = Path(output) if output else self.path.parent / f"eval-{target}-{self.path.stem}"
         metrics = evaluate_and_report(self.predictor, samples, out, title=f"{self.path.name} on {source}",
-                                      source=str(self.path), batch_size=batch_size, progress=progress)
+                                      source=str(self.path), batch_size=batch_size, progress=progress,
+                                      threshold=threshold)
         return EvalReport(metrics, out)
-
-    def _eval_samples(self, data, split: str | None, data_dir):
-        if isinstance(data, (tuple, list)):
-            info, official = arrays_dataset(*data, class_names=self.classes)
-            return official["train"], f"{len(official['train'])} images from memory", "arrays"
-        if data is not None and Path(str(data)).is_dir():
-            return labelled_folder(str(data), self.classes), f"folder {data}", Path(str(data)).name
-        config = self.metadata.get("config") or {"dataset": self.metadata.get("dataset")}
-        record = self.path.parent / "split.json"
-        if data is None and not record.exists() and not config.get("dataset"):
-            raise ClassifierError(f"no split.json next to {self.path}: say what to evaluate on "
-                                  "(a FOLDER argument or --dataset)")
-        found = run_splits(config, split_file=record, data_dir=data_dir, dataset=data)
-        split = split or evaluation_split(found.record)  # test; val for a train/val run without test images
-        if split not in found.splits:
-            raise ClassifierError(f"unknown split '{split}' (choices: {', '.join(found.splits)})")
-        where = f"{found.record['dataset']} {split} split" + (f" recorded in {record}" if data is None
-                                                              and record.exists() else "")
-        return found.splits[split], where, split
 
     # --- export
     def export(self, output: str | Path | None = None, **options) -> Path:
-        """Export a checkpoint to verified ONNX; options as export.py's flags (``quantize="int8"``,
-        ``embed_preprocessing=True``, ``dynamic_size``, ``mobile="arm"``, ``benchmark``, ``threads``,
-        ``opset``, ``verify``, ``quantize_method``, ``data_dir``). Returns the .onnx path."""
+        """Export a checkpoint; options as export.py's flags. ``format``: a name or list from the table in
+        classifier/export/formats.py (``"onnx"``, the default: verified fp32 ONNX; ``"int8"``; ``"ort"``;
+        ``"web"``: a page that classifies in the browser), e.g. ``format=["onnx", "int8", "ort"]``; also
+        ``embed_preprocessing=True``, ``dynamic_size``, ``ort_target="amd64"``, ``benchmark``, ``threads``,
+        ``opset``, ``verify``, ``quantize_method``, ``data_dir``, ``serve`` (web). The older
+        ``quantize="int8"`` and ``mobile="arm"`` still work. Returns the first asked format's file (web: its folder)."""
         # classifier.export here, not at the top: it imports onnx (~1.2 s), which training never needs
-        from classifier.export.from_checkpoint import ExportOptions, export_checkpoint
+        from classifier.export.formats import ExportOptions
+        from classifier.export.from_checkpoint import export_checkpoint
 
         return export_checkpoint(self._checkpoint(), ExportOptions.of(output=str(output) if output else None,
                                                                        **options))
 
     def export_web(self, out_dir: str | Path | None = None, *, serve: bool = False, **options) -> Path:
-        """A static web page that classifies images in the browser (``export.py --web``): index.html, the
-        model(s), metadata.json and the ONNX Runtime Web files; options as ``export`` (e.g. quantize="int8").
-        ``serve``: serve it on localhost until interrupted. Returns the folder."""
-        from classifier.export.web import export_web_checkpoint  # see export
+        """``export(out_dir, format="web", ...)``: a static web page that classifies images in the browser
+        (index.html, the model(s), metadata.json and the ONNX Runtime Web files; default folder: web/ beside
+        the checkpoint); ``serve``: serve it on localhost until interrupted. Returns the folder."""
+        return self.export(out_dir, format="web", serve=serve, **options)
 
-        return export_web_checkpoint(self._checkpoint(), out_dir or "", serve_page=serve, **options)
+    # --- serve
+    def serve(self, **options) -> None:
+        """Serve this model over HTTP until SIGTERM or Ctrl-C (as ``serve.py --model PATH``): the V2
+        inference protocol and ``POST /predict``; options as serve.py's flags (``port=8000``, ``host``,
+        ``model_name``, ``max_batch``, ``max_delay_ms``, ``max_body_mb``, ``timeout_s``, ``workers``).
+        See docs/serving.md."""
+        # classifier.serve here, not at the top: FastAPI and uvicorn are the serve extra's
+        from classifier.serve.options import ServeOptions
+        from classifier.serve.server import serve
+
+        serve(self, ServeOptions.of(**options))
 
     def _checkpoint(self) -> Path:
         """The checkpoint this model was loaded from; exported models cannot be exported again."""
         if self.path.suffix not in CHECKPOINT_SUFFIXES:
             raise ClassifierError(f"{self.path} is already an exported model: export its checkpoint (.pt)")
         return self.path
-
-
-def image_files(path: str | Path) -> list[Path]:
-    """A file, or the image files of a folder (recursively, sorted)."""
-    path = Path(path)
-    if path.is_dir():
-        files = [Path(f) for f in image_files_under(path)]
-        if not files:
-            raise ClassifierError(f"no images found in {path}")
-        return files
-    if not path.is_file():
-        raise ClassifierError(f"no such image or folder: {path}")
-    return [path]
-
-
-def array_images(array) -> np.ndarray:
-    """(H,W) or (H,W,C) one image, (N,H,W[,C]) or (N,C,H,W) a batch; uint8 or float 0-1 -> uint8 (N,H,W,C)."""
-    a = array.detach().cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
-    if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 3, 4)):
-        a = a[None]
-    if a.ndim == 3:
-        a = a[..., None]
-    if a.ndim != 4:
-        raise ClassifierError(f"an image array must be (H,W), (H,W,C) or a batch (N,H,W[,C]), got shape {a.shape}")
-    return as_uint8_images(a, "image array")
 
 
 @dataclass(repr=False)
@@ -381,39 +307,30 @@ class EvalReport:
         return f"EvalReport(accuracy={self.accuracy:.4f}, images={self.metrics.get('n_samples')}, dir='{self.dir}')"
 
     def _repr_markdown_(self) -> str:
-        return (self.dir / "report.md").read_text() if (self.dir / "report.md").is_file() else repr(self)
+        return report_markdown(self.dir) or repr(self)
 
     def _repr_html_(self) -> str:
         """The per-class table and the confusion matrix, for notebooks."""
-        def cell(value):
-            return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-        rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in (name, m.get("precision"), m.get("recall"),
-                                                                         m.get("f1"), m.get("support"))) + "</tr>"
-                       for name, m in self.metrics.get("per_class", {}).items())
-        html = (f"<p><b>accuracy {self.accuracy:.2%}</b> on {self.metrics.get('n_samples')} images "
-                f"(report: <code>{self.dir / 'report.md'}</code>)</p><table><tr><th>class</th><th>precision</th>"
-                f"<th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>")
-        figure = next(iter(sorted((self.dir / "figures").glob("confusion*.png"))), None) \
-            if (self.dir / "figures").is_dir() else None
-        if figure is not None:
-            html += f'<img src="data:image/png;base64,{base64.b64encode(figure.read_bytes()).decode()}" width="480"/>'
-        return html
+        return report_html(self.metrics, self.dir)
 
 
 # ---------------------------------------------------------------------------------------------- data
 
-def check_data(dataset, *, output: str | Path | None = None, **settings) -> dict:
-    """The data check on the splits training would use (same fractions and seed): class counts, image
-    modes and sizes, unreadable files, duplicates across splits. Prints a summary; returns the report."""
-    cfg = make_config({**settings, "dataset": dataset})
+def check_data(dataset=None, *, config: str | Path | None = None, output: str | Path | None = None,
+               **settings) -> dict:
+    """The data check on the splits ``train(config, dataset=dataset, **settings)`` would use (same recipe,
+    fractions and seed): class counts, image modes and sizes, unreadable files, duplicates across splits.
+    Prints a summary; returns the report."""
+    cfg, _ = resolve(_with_dataset(settings, dataset), config)
     found = run_splits(cfg.to_dict(), download=cfg.download)
     return run_check(found.info.classes, found.splits, output)
 
 
-def show_dataset(dataset, *, save: str | Path | None = None, per_class: int = 8, **settings) -> Path:
-    """A grid of the first ``per_class`` training images of every class, one row per class; returns its path."""
-    cfg = make_config({**settings, "dataset": dataset})
+def show_dataset(dataset=None, *, config: str | Path | None = None, save: str | Path | None = None,
+                 per_class: int = 8, **settings) -> Path:
+    """A grid of the first ``per_class`` training images of every class, one row per class, of the dataset
+    ``train(config, dataset=dataset, **settings)`` would use; returns its path."""
+    cfg, _ = resolve(_with_dataset(settings, dataset), config)
     info, official = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
     samples: Samples = official["train"]
     picked = np.concatenate([np.flatnonzero(samples.labels == c)[:per_class] for c in range(len(info.classes))])
@@ -425,8 +342,12 @@ def show_dataset(dataset, *, save: str | Path | None = None, per_class: int = 8,
         except BadImageError:
             continue
     side = min(max(max(im.shape[:2]) for im in images), 96)
-    path = Path(save or f"{cfg.dataset.split(':')[-1].strip('/').replace('/', '_')}-samples.png")
+    path = Path(save or f"{_dataset_label(cfg.dataset)}-samples.png")
     plot_dataset_grid(path, images_to_uint8_batch(images, side), np.array(labels), info.classes, per_class)
     print(f"{len(info.classes)} classes, {len(samples)} training images; sample grid written to {path}")
     return path
 
+
+def _with_dataset(settings: dict, dataset) -> dict:
+    """``settings`` with the dataset argument (None: the config file's, the recipe's or the default)."""
+    return settings if dataset is None else {**settings, "dataset": dataset}
