@@ -18,6 +18,7 @@ import yaml
 
 from classifier.errors import ClassifierError, unknown_choice
 from classifier.fileio import atomic_write_text
+from classifier.flags import add_dataclass_arguments, flag_spec
 from classifier.preprocess import RESIZE_POLICIES
 
 MODES = ("scratch", "finetune", "feature-extract")
@@ -44,7 +45,7 @@ MODE_DEFAULTS = {
 }
 # what a resume may change (a longer run, the hardware, logging); every other key stays the run's own
 RESUMABLE_KEYS = frozenset({"epochs", "device", "threads", "progress", "workers", "save_every", "early_stopping",
-                            "tensorboard", "eval_test", "plots"})
+                            "tensorboard", "eval_test", "plots", "mlflow"})
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,12 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
+def task_names() -> list[str]:
+    from classifier.tasks import TASK_CHOICES  # imports torch: only when a task name is checked
+
+    return list(TASK_CHOICES)
+
+
 def augment_presets() -> list[str]:
     from classifier.data.augment import PRESETS  # imports torch: only when an augment name is checked
 
@@ -111,7 +118,7 @@ class Config:
     model: str = "resnet"  # registry name; `python train.py --list-models`
     mode: str = key("scratch", choices=MODES, aliases=MODE_ALIASES)  # alias: transfer = feature-extract
     weights: str | None = None  # "imagenet" or a checkpoint/state-dict path (.pt/.pth/.safetensors)
-    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | eurosat | folder:PATH
+    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | eurosat | folder:PATH | a registered name (data/sources)
     data_dir: str = "datasets"
     download: bool = True  # fetch missing data when online
     # --- data
@@ -126,6 +133,10 @@ class Config:
     classes: list | None = None  # keep only these classes (names or indices), relabelled in the given order
     max_per_class: int = key(0, ge=0)  # cap training images per class, seeded (0: all); e.g. few-shot transfer
     sampler: str = key("shuffle", choices=SAMPLERS)  # balanced: training draws every class equally often
+    exclude: str | list | None = None  # train without these files: names, comma-separated, or a text/CSV file
+    # of them (e.g. label_issues.csv); applied after the split (classifier/data/exclude.py)
+    folds: int | None = key(ge=2)  # k-fold cross-validation over train+val (classifier/crossval.py)
+    fold: int | None = key(ge=1)  # with folds: this run is fold k (1..folds), validating on it
     # --- optimisation
     epochs: int = key(10, ge=1)
     batch_size: int = key(128, ge=1)  # global: torchrun splits it evenly over the processes (lr is for this batch)
@@ -142,6 +153,11 @@ class Config:
     ema: float = key(0.0, ge=0, lt=1)  # decay of an exponential moving average of the weights, which validation,
     # best.pt and the export use (0: off; e.g. 0.999); engine/ema.py
     class_weights: str = key("none", choices=("none", "auto"))  # auto: loss weights inversely prop. to class counts
+    # (multi-label: per-class positive weights, negatives / positives)
+    task: str = key("auto", choices=task_names)  # multiclass | multilabel (sigmoid + BCE, fitted thresholds);
+    # auto: multilabel when the labels are sets (some image has none or several); classifier/tasks.py
+    threshold: float | None = key(ge=0, le=1)  # multi-label: this decision threshold for every class instead of
+    # those fitted on the validation split
     feature_cache: str = key("auto", choices=("auto", "off"))  # feature-extract: head trains on cached features
     feature_views: int | None = key(ge=1)  # feature cache: augmented views per image (default: engine/features.py)
     # the three below default per mode (and model), as MODE_DEFAULTS says; the run's config.yaml holds the values
@@ -152,7 +168,8 @@ class Config:
     grad_clip: float = key(0.0, ge=0)  # max gradient norm (0: off)
     # --- hardware
     device: str = key("auto", choices=("auto", "cpu", "cuda"))
-    amp: str = key("auto", choices=("auto", "on", "off"))  # bf16 autocast on CPUs with native bf16, fp16/bf16 on CUDA
+    amp: str = key("auto", choices=("auto", "bf16", "fp16", "off"), aliases={"on": "auto"})  # auto: bf16 on CPUs
+    # with native bf16 (else fp32), bf16 on CUDA where supported, else fp16 with a gradient scaler (runtime.py)
     channels_last: bool = True
     in_memory: bool = True  # data that fits in memory: one uint8 tensor, batched augmentation (off: stream)
     compile: bool = False  # torch.compile the model
@@ -166,11 +183,16 @@ class Config:
     exist_ok: bool = False  # reuse runs/NAME instead of numbering a new folder
     save_every: int = key(0, ge=0)  # also save progress every N optimiser steps within an epoch (0: end of epoch)
     tensorboard: bool = True
+    mlflow: str | None = field(default=None, metadata=flag_spec(  # classifier/tracking.py
+        nargs="?", const="mlruns", metavar="URI", help="log the run to MLflow: a tracking URI (http://..., "
+        "sqlite:///...) or a folder (alone: ./mlruns); a tracker failure warns and training goes on"))
     progress: bool = True  # progress bar per epoch
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
     plots: bool = True  # PNG figures: curves.png and the test report's (off: its numbers and tables only, 4-5 s less)
     tta_flip: bool = False  # evaluation (val, test) averages the logits of each image and its mirror image
     extra: dict = key(factory=dict)  # free-form model kwargs, e.g. {dropout: 0.2, width: 64}
+    search: dict = key(factory=dict)  # train.py --tune: the space to sample, {key: {low, high[, log]} or [values]}
+    # (classifier/search/space.py); empty: the mode's default space
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -281,6 +303,9 @@ def validate(cfg: Config) -> Config:
 
 def _check_rules(cfg: Config) -> None:
     """Rules across keys."""
+    from classifier.data.sources import check_dataset  # the dataset registry (users' sources too); imports torch
+
+    check_dataset(cfg.dataset)
     if cfg.mode != "scratch" and not cfg.weights:
         raise ClassifierError(f"--mode {cfg.mode} needs pretrained weights: --weights imagenet or --weights PATH")
     if cfg.mode == "scratch" and cfg.weights:
@@ -340,30 +365,61 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (``--batch-size`` for ``batch_size``); unset flags keep YAML/defaults."""
     parser.add_argument("--config", help="YAML file of config keys (flags override it)")
-    for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        base = str(f.type).replace(" | None", "")
-        help_text = f"default: {f.default!r}" if f.default is not dataclasses.MISSING else None
-        if base == "bool":
-            parser.add_argument(flag, type=lambda v, n=f.name: _coerce(n, v), nargs="?", const=True,
-                                default=argparse.SUPPRESS, help=help_text)
-        elif base == "dict":
-            parser.add_argument(flag, type=yaml.safe_load, default=argparse.SUPPRESS,
-                                help="YAML mapping, e.g. '{dropout: 0.2}'")
-        else:
-            parser.add_argument(flag, default=argparse.SUPPRESS, help=help_text)
+    add_dataclass_arguments(parser, Config, convert=_coerce)  # classifier/flags.py: the one flag style
 
 
-def given_values(args: argparse.Namespace) -> dict:
-    """The settings a user gave on the command line: recipe < YAML file < flags (defaults not included)."""
-    values = load_yaml(args.config) if getattr(args, "config", None) else {}
-    values.update({k: v for k, v in vars(args).items() if k in FIELDS})
-    return with_recipe(values)
+def flag_values(args: argparse.Namespace) -> dict:
+    """The config keys given as flags (``add_config_arguments``; unset flags are absent): ``resolve``'s values."""
+    return {k: v for k, v in vars(args).items() if k in FIELDS}
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """Defaults < recipe < YAML file < command-line flags."""
-    return make_config(given_values(args))
+    """The finished Config of a command line: ``resolve`` of its flags and its ``--config`` file."""
+    return resolve(flag_values(args), getattr(args, "config", None))[0]
+
+
+def resolve(values: dict | None = None, config_file: str | Path | None = None,
+            resume: str | Path | None = None) -> tuple[Config, dict]:
+    """The one resolution of a run's settings, for every entry point (the scripts, ``classifier.train``,
+    ``find_lr``, ``check_data``, ``show_dataset``): defaults < recipe < ``config_file`` < ``values``.
+
+    A new run then gets its per-model defaults (``resolve_for_model``); with ``resume`` (a run folder), the
+    run's own settings win instead, and the values may change only what a resume may change
+    (``resumed``). Returns the finished Config, which the engine takes as it is, and the settings given
+    (checked and typed: flags arrive as text), which the run keeps in given.yaml.
+    """
+    values = with_recipe({**(load_yaml(config_file) if config_file else {}), **(values or {})})
+    asked = make_config(values)
+    typed = asked.to_dict()
+    given = {key: typed[key] for key in values}
+    if resume is not None:
+        return resumed(*run_settings(resume), given)
+    return resolve_for_model(asked), given
+
+
+def run_settings(run_dir: str | Path) -> tuple[dict, dict]:
+    """The config a run folder's last.pt was saved with, and the settings given for the run so far."""
+    from classifier.checkpoint import load_checkpoint  # imports torch: only for a resume
+
+    path = Path(run_dir) / "last.pt"
+    if not path.is_file():
+        raise ClassifierError(f"cannot resume: {path} not found")
+    ckpt = load_checkpoint(path)
+    return dict(ckpt["config"]), dict(ckpt.get("given") or {})
+
+
+def resumed(saved: dict, saved_given: dict, given: dict) -> tuple[Config, dict]:
+    """The resume rules: the run's own config wins; settings given now may change what a resume may change
+    (RESUMABLE_KEYS: a longer run, the hardware, ...) and must otherwise equal the run's, so that a flag
+    given is never silently ignored. Returns the run's Config so changed, and its given settings so far."""
+    run_cfg = make_config(dict(saved))
+    for key, value in given.items():
+        if key not in RESUMABLE_KEYS and value != getattr(run_cfg, key):
+            raise ClassifierError(f"--{key.replace('_', '-')} cannot change when resuming (the run has "
+                                  f"{getattr(run_cfg, key)!r}); on resume only {', '.join(sorted(RESUMABLE_KEYS))} "
+                                  "may change: start a new run for other settings")
+    changes = {k: v for k, v in given.items() if k in RESUMABLE_KEYS}
+    return make_config({**saved, **changes}), {**saved_given, **changes}
 
 
 def load_recipe(name: str) -> dict:

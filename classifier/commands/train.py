@@ -6,8 +6,8 @@ import shlex
 import sys
 
 from classifier import api
-from classifier.commands import cli_entry
-from classifier.config import add_config_arguments, given_values, make_config
+from classifier.commands import add_import_argument, cli_entry, import_user_modules
+from classifier.config import add_config_arguments, flag_values
 from classifier.models import list_models, model_entry
 
 
@@ -34,6 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="learning-rate range test on this run's data, model and optimiser: print the "
                              "suggested --lr and the command that uses it, plot loss against lr to PNG (default: "
                              "MODEL-DATASET-lr_find.png) and exit; nothing is trained")
+    search = parser.add_argument_group("hyperparameter search (docs/search.md)")
+    search.add_argument("--tune", metavar="N", type=int,
+                        help="search hyperparameters over N trials (the total: running the same command again "
+                             "continues the study in RUN/study.db), print the command that trains the best; "
+                             "the space: the config key search, else per mode")
+    search.add_argument("--tune-time", metavar="DURATION", help="bound the search's wall time, e.g. 30m, 2h, 90s")
+    search.add_argument("--tune-backend", default="optuna", metavar="NAME",
+                        help="optuna (trials one after another here) or ray (Ray Tune: trials in parallel, on a "
+                             "local Ray or the cluster at $RAY_ADDRESS)")
+    search.add_argument("--tune-resources", metavar="cpu=N,gpu=M",
+                        help="ray backend: resources per trial (default cpu=1,gpu=0)")
+    search.add_argument("--tune-parallel", metavar="N", type=int,
+                        help="ray backend: at most N trials at a time (default: as many as the resources allow)")
+    data = parser.add_argument_group("cross-validation and data quality (docs/data-quality.md)")
+    data.add_argument("--find-label-issues", action="store_true",
+                      help="k-fold out-of-fold probabilities (--folds, default 5) and cleanlab: list the train+val "
+                           "images whose label looks wrong in RUN/label_issues.csv (+ .png, .md); changes no file")
+    add_import_argument(parser)
     add_config_arguments(parser)
     return parser
 
@@ -50,11 +68,9 @@ def list_models_text(pattern: str) -> str:
     return "\n".join(lines)
 
 
-def find_lr(given: dict, plot_path: str | None, argv: list[str]) -> float:
+def find_lr(args: argparse.Namespace, argv: list[str]) -> float:
     """``--find-lr``: the range test, its suggestion and the train command that uses it."""
-    cfg = make_config(given)
-    dataset = cfg.dataset.split(":")[-1].strip("/").replace("/", "_")
-    result = api.find_lr(plot=plot_path or f"{cfg.model.replace('/', '_')}-{dataset}-lr_find.png", **given)
+    result = api.find_lr(args.config, plot=args.find_lr or True, **flag_values(args))
     lr = float(f"{result.suggestion:.2g}")
     print(f"range test: {len(result.lrs)} steps, lr {result.lrs[0]:.2g} to {result.lrs[-1]:.2g}"
           + (f", diverged at {result.divergence_lr:.2g}" if result.divergence_lr else ", no divergence")
@@ -84,16 +100,29 @@ def train_command_with_lr(argv: list[str], lr: float) -> str:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    import_user_modules(args)  # --import: a user's module (e.g. one registering a dataset), before anything resolves
     if args.list_models:
         print(list_models_text(args.list_models))
         return None
-    given = given_values(args)
+    # the settings are resolved once, in the API (config.resolve): recipe < --config file < flags
+    settings = flag_values(args)
     if args.find_lr is not None:
-        return find_lr(given, args.find_lr or None, argv)
-    if args.visualize or args.check_data is not None:
-        settings = {k: v for k, v in make_config(given).to_dict().items() if k in given or k == "dataset"}
-        dataset = settings.pop("dataset")
-        if args.visualize:
-            return api.show_dataset(dataset, save=args.save, **settings)
-        return api.check_data(dataset, output=args.check_data or None, **settings)
-    return api.train(resume=args.resume, **given).dir
+        return find_lr(args, argv)
+    if args.visualize:
+        return api.show_dataset(config=args.config, save=args.save, **settings)
+    if args.check_data is not None:
+        return api.check_data(config=args.config, output=args.check_data or None, **settings)
+    if args.tune is not None:
+        from classifier.search import tune  # imports Optuna: only for a search
+
+        return tune(args.config, trials=args.tune, time_limit=args.tune_time, backend=args.tune_backend,
+                    resources=args.tune_resources, parallel=args.tune_parallel, **settings).dir
+    if args.find_label_issues:
+        from classifier.label_issues import find_label_issues  # imports cleanlab: only for this
+
+        return find_label_issues(args.config, **settings).dir
+    if settings.get("folds") and args.resume is None:  # --folds K [--fold k]: k-fold cross-validation
+        from classifier.crossval import cross_validate
+
+        return cross_validate(args.config, **settings).dir
+    return api.train(args.config, resume=args.resume, **settings).dir

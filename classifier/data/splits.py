@@ -17,7 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.data.datasets import DatasetInfo, Samples, load_dataset
+from classifier.data.samples import DatasetInfo, Samples
+from classifier.data.sources import load_dataset
+from classifier.data.exclude import exclude_list, exclude_samples
+from classifier.data.folds import fold_splits, official_split
+from classifier.data.labelsets import apply_task, multilabel_partition
 from classifier.fileio import atomic_target
 from classifier.errors import ClassifierError, unknown_choice
 
@@ -47,7 +51,9 @@ def split_dataset(info: DatasetInfo, official: dict[str, Samples], *, val_fracti
     if carve_test + carve_val >= 1.0:
         raise ClassifierError(f"val_fraction + test_fraction must be below 1, got {carve_test + carve_val}")
 
-    test_pos, val_pos, train_pos = stratified_partition(train.labels, carve_test, carve_val, seed)
+    # multi-label: iterative stratification, every label kept in train (data/labelsets.py)
+    partition = multilabel_partition if train.multilabel else stratified_partition
+    test_pos, val_pos, train_pos = partition(train.labels, carve_test, carve_val, seed)
     splits = {
         "train": train.subset(train_pos),
         "val": official["val"] if "val" in official else train.subset(val_pos),
@@ -139,7 +145,7 @@ def describe(samples: Samples, num_classes: int) -> dict:
     entry = {
         "source": samples.source,
         "size": len(samples),
-        "class_counts": np.bincount(samples.labels, minlength=num_classes).tolist(),
+        "class_counts": samples.class_counts(num_classes).tolist(),
     }
     if samples.in_memory:
         entry["indices"] = samples.index.tolist()
@@ -185,7 +191,7 @@ def recorded_samples(info: DatasetInfo, official: dict[str, Samples], record: di
     if split_name not in entries:
         raise unknown_choice("split", split_name, entries)
     entry = entries[split_name]
-    source = official.get(entry.get("source"))
+    source = official_split(official, entry.get("source"))  # "train+val": a k-fold run's pooled splits
     if source is None:
         raise ClassifierError(f"dataset {info.name} has no '{entry.get('source')}' split, which the record uses")
     if "indices" in entry:
@@ -201,7 +207,7 @@ def recorded_samples(info: DatasetInfo, official: dict[str, Samples], record: di
                                   f"{source.root}, e.g. {missing[0]}")
         idx = [where[p] for p in entry["paths"]]
     samples = source.subset(idx)
-    counts = np.bincount(samples.labels, minlength=len(info.classes)).tolist()
+    counts = samples.class_counts(len(info.classes)).tolist()
     if "class_counts" in entry and counts != entry["class_counts"]:
         raise ClassifierError(f"the labels of the recorded {split_name} split differ from {info.name} now "
                               f"(class counts {counts} vs {entry['class_counts']}): "
@@ -228,8 +234,12 @@ def select_classes(info: DatasetInfo, splits: dict, wanted) -> tuple[list, dict]
     remap[index] = np.arange(len(index))
     out = {}
     for name, samples in splits.items():
-        sub = samples.subset(np.flatnonzero(np.isin(samples.labels, index)))
-        sub.labels = remap[sub.labels]
+        if samples.multilabel:  # the chosen columns; an image left with no label stays (an empty label set)
+            sub = samples.subset(np.arange(len(samples)))
+            sub.labels = samples.labels[:, index]
+        else:
+            sub = samples.subset(np.flatnonzero(np.isin(samples.labels, index)))
+            sub.labels = remap[sub.labels]
         out[name] = sub
     return [info.classes[i] for i in index], out
 
@@ -238,6 +248,9 @@ def cap_per_class(samples: Samples, max_per_class: int, seed: int) -> Samples:
     """At most ``max_per_class`` samples per class, chosen by a seeded shuffle (0: all)."""
     if not max_per_class:
         return samples
+    if samples.multilabel:
+        raise ClassifierError("--max-per-class caps single-label classes; multi-label images have several "
+                              "classes each: leave it at 0")
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(samples.labels == c))[:max_per_class] for c in np.unique(samples.labels)]
     return samples.subset(np.sort(np.concatenate(keep)))
@@ -273,6 +286,7 @@ def run_splits(config: dict, *, split_file: str | os.PathLike | None = None, dat
         info, official = dataset
     else:
         info, official = load_dataset(dataset or config["dataset"], root, download=download)
+    info, official = apply_task(info, official, config.get("task"))
     split_file = Path(split_file) if split_file else None
     if split_file is not None and split_file.exists() and not isinstance(dataset, str):
         record = load_split(split_file)
@@ -282,8 +296,26 @@ def run_splits(config: dict, *, split_file: str | os.PathLike | None = None, dat
         splits, record = split_dataset(info, official, val_fraction=config.get("val_fraction", 0.1),
                                        test_fraction=config.get("test_fraction", 0.2), seed=config.get("seed", 0))
         note = f"{info.name} split with the run's fractions and seed"
+        splits, record = refine_split(info, official, splits, record, config)
     classes, splits = select_classes(info, splits, config.get("classes"))
     return RunSplits(info, classes, splits, record, note)
+
+
+def refine_split(info: DatasetInfo, official: dict, splits: dict, record: dict, config: dict) -> tuple[dict, dict]:
+    """A k-fold run's fold (``folds``, ``fold``: data/folds.py) and ``exclude`` (data/exclude.py) applied to
+    a fresh split, and the record re-described to list exactly the samples left."""
+    folds, excluded = config.get("folds"), exclude_list(config.get("exclude"))
+    if not folds and config.get("fold") is None and not excluded:
+        return splits, record
+    if folds or config.get("fold") is not None:
+        splits = fold_splits(splits, official, folds, config.get("fold"), config.get("seed", 0))
+        record["folds"] = {"folds": int(folds), "fold": int(config["fold"])}
+    if excluded:
+        before = sum(len(s) for s in splits.values())
+        splits = exclude_samples(splits, official, excluded)
+        record["excluded"] = before - sum(len(s) for s in splits.values())
+    record["splits"] = {name: describe(s, len(info.classes)) for name, s in splits.items()}
+    return splits, record
 
 
 def _seed_key(seed: int) -> int:

@@ -1,0 +1,171 @@
+"""Mislabelled images: confident learning (cleanlab) on out-of-fold probabilities.
+
+    issues = classifier.find_label_issues(model="lenet5", dataset="folder:photos", epochs=10)
+    issues.rows[0]          # {"file": "train/Coat/x.png", "given_label": "Coat", "suggested_label": "Pullover", ...}
+    issues.per_class        # {"Coat": 12, ...}: flagged images per given class
+    classifier.train(dataset="folder:photos", exclude=issues.dir / "label_issues.csv")   # train without them
+
+``train.py --find-label-issues`` is the same call. It runs k-fold cross-validation (classifier/crossval.py,
+``folds`` default 5: every train+val image gets probabilities from a model that never trained on it, and
+the folds already done in the same folder are reused), then cleanlab's ``filter.find_label_issues`` (its
+default rule, ``prune_by_noise_rate``: the count of errors per pair of classes is estimated from the
+confident joint, and that many of the least likely given labels are flagged). In the cross-validation
+folder RUN it writes:
+
+* ``label_issues.csv``: file, given_label, suggested_label (the out-of-fold prediction), score (cleanlab's
+  label quality: the out-of-fold probability of the given label; lower is more suspicious), most
+  suspicious first;
+* ``label_issues.png``: the most suspicious images with both labels;
+* ``label_issues.md``: flagged images per class, the commonest (given -> suggested) pairs.
+
+Nothing in the dataset folder is moved, renamed or changed: fixing a label, or training without the
+flagged files (``--exclude RUN/label_issues.csv``, or a list of the ones you checked), is the user's call.
+The test split is never checked (it is not part of the cross-validation).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classifier.config import load_yaml
+from classifier.crossval import DEFAULT_FOLDS, CrossValResult, cross_validate
+from classifier.data import BadImageError, load_image, run_splits
+from classifier.data.exclude import sample_ids
+from classifier.errors import ClassifierError
+from classifier.evaluation import images_to_uint8_batch
+from classifier.fileio import atomic_write_text
+from classifier.report.tiles import plot_tiles
+
+FIGURE_IMAGES = 36  # shown in label_issues.png
+FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
+
+
+@dataclass(repr=False)
+class LabelIssues:
+    """The flagged images, most suspicious first: ``rows`` (dicts as label_issues.csv), ``per_class``
+    (flagged count per given class), ``dir`` (the cross-validation folder), ``cv`` (its CrossValResult)."""
+
+    dir: Path
+    rows: list
+    per_class: dict
+    cv: CrossValResult = field(default=None)
+
+    @property
+    def files(self) -> list[str]:
+        return [r["file"] for r in self.rows]
+
+    def __repr__(self) -> str:
+        return f"LabelIssues({len(self.rows)} of {len(self.cv.files) if self.cv else '?'} images, dir='{self.dir}')"
+
+
+def find_label_issues(config: str | Path | None = None, *, folds: int | None = None, filter_by: str = FILTERS[0],
+                      figure: bool = True, callbacks: dict | None = None, class_names=None,
+                      **settings) -> LabelIssues:
+    """Cross-validate (``classifier.cross_validate``'s settings; the test split is not evaluated unless
+    ``eval_test=True``) and flag the train+val images whose given label the out-of-fold probabilities
+    contradict. ``filter_by``: cleanlab's rule (FILTERS). Writes label_issues.csv/.png/.md in the folder."""
+    if filter_by not in FILTERS:
+        raise ClassifierError(f"invalid filter_by '{filter_by}' (choices: {', '.join(FILTERS)})")
+    if settings.get("fold") is not None:
+        raise ClassifierError("finding label issues needs every fold: drop fold (run single folds with "
+                              "cross_validate / --folds K --fold k, then this finds them done)")
+    settings.setdefault("eval_test", False)
+    cv = cross_validate(config, folds=folds or settings.pop("folds", None) or DEFAULT_FOLDS, callbacks=callbacks,
+                        class_names=class_names, **settings)
+    return label_issues_of(cv, filter_by=filter_by, figure=figure)
+
+
+def rank_label_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str = FILTERS[0]) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """(positions of the flagged samples, most suspicious first; every sample's label quality score)."""
+    from cleanlab.filter import find_label_issues as cleanlab_find  # cleanlab (and scikit-learn): only here
+    from cleanlab.rank import get_label_quality_scores
+
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(1, keepdims=True)  # the CSV's 6 significant digits: rows sum to 1 again
+    labels = np.asarray(labels, dtype=np.int64)
+    missing = sorted(set(range(probs.shape[1])) - set(labels.tolist()))
+    if missing:
+        raise ClassifierError(f"class(es) {missing} have no train+val images: label issues need every class")
+    flagged = cleanlab_find(labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence",
+                            n_jobs=1)
+    return np.asarray(flagged, dtype=np.int64), get_label_quality_scores(labels, probs, method="self_confidence")
+
+
+def label_issues_of(cv: CrossValResult, *, filter_by: str = FILTERS[0], figure: bool = True) -> LabelIssues:
+    """Flag, write the CSV, figure and report of a complete cross-validation."""
+    if not cv.complete:
+        raise ClassifierError(f"{cv.dir}: folds {sorted(set(range(1, cv.folds + 1)) - set(cv.folds_done))} are not "
+                              "done; label issues need the out-of-fold probabilities of every fold")
+    flagged, scores = rank_label_issues(cv.labels, cv.probs, filter_by)
+    suggested = cv.probs.argmax(1)
+    rows = [{"file": cv.files[i], "given_label": cv.classes[cv.labels[i]],
+             "suggested_label": cv.classes[suggested[i]], "score": float(scores[i])} for i in flagged]
+    per_class = Counter(r["given_label"] for r in rows)
+    per_class = {c: per_class.get(c, 0) for c in cv.classes}
+    lines = ["file,given_label,suggested_label,score"] + [
+        ",".join(_csv_cell(v) for v in (r["file"], r["given_label"], r["suggested_label"], f"{r['score']:.6f}"))
+        for r in rows]
+    atomic_write_text(cv.dir / "label_issues.csv", "\n".join(lines) + "\n", "label issues")
+    shown = _figure(cv, rows[:FIGURE_IMAGES]) if figure and rows else None
+    totals = np.bincount(cv.labels, minlength=len(cv.classes))
+    atomic_write_text(cv.dir / "label_issues.md", _report(cv, rows, per_class, totals, shown, filter_by),
+                      "label issues report")
+    print(f"label issues: {len(rows)} of {len(cv.files)} train+val images flagged ({filter_by}); "
+          + ", ".join(f"{c} {n}" for c, n in per_class.items() if n) + f"\n  {cv.dir / 'label_issues.csv'}"
+          + (f"; figure {shown}" if shown else "") + f"; report {cv.dir / 'label_issues.md'}\n"
+          f"  nothing in the dataset was changed; to train without them: --exclude {cv.dir / 'label_issues.csv'}",
+          flush=True)
+    return LabelIssues(cv.dir, rows, per_class, cv)
+
+
+def _csv_cell(value: str) -> str:
+    value = str(value)
+    return '"' + value.replace('"', '""') + '"' if any(ch in value for ch in ',"\n') else value
+
+
+def _report(cv: CrossValResult, rows: list, per_class: dict, totals: np.ndarray, figure, filter_by: str) -> str:
+    pairs = Counter((r["given_label"], r["suggested_label"]) for r in rows).most_common(10)
+    out = [f"# Label issues in {cv.settings.get('dataset', '')}", "",
+           f"{len(rows)} of {len(cv.files)} train+val images flagged by cleanlab ({filter_by}) on out-of-fold "
+           f"probabilities of {cv.folds} folds ({cv.settings.get('model', '')}). The list, most suspicious first: "
+           "`label_issues.csv`. Nothing in the dataset was changed.", "",
+           "| given class | flagged | images | share |", "|---|---:|---:|---:|"]
+    out += [f"| {c} | {n} | {t} | {n / max(t, 1):.1%} |" for (c, n), t in zip(per_class.items(), totals.tolist())]
+    if pairs:
+        out += ["", "| given | suggested | images |", "|---|---|---:|"]
+        out += [f"| {g} | {s} | {n} |" for (g, s), n in pairs]
+    if figure:
+        out += ["", f"![the most suspicious images]({Path(figure).name})"]
+    return "\n".join(out) + "\n"
+
+
+def _figure(cv: CrossValResult, rows: list) -> Path | None:
+    """label_issues.png: the images of ``rows``, read through fold 1's split (its train + val: every image)."""
+    fold_dir = cv.dir / "fold-1"
+    config = load_yaml(fold_dir / "config.yaml")
+    found = run_splits(config, split_file=fold_dir / "split.json", dataset=cv.arrays, download=False)
+    where = {}
+    for name in ("train", "val"):
+        samples = found.splits[name]
+        where.update((sid, (samples, i)) for i, sid in enumerate(sample_ids(samples)))
+    images, captions = [], []
+    for r in rows:
+        samples, i = where.get(r["file"], (None, None))
+        if samples is None:
+            continue
+        try:
+            image = samples.images[i] if samples.in_memory else load_image(samples.paths[i], 3)
+        except BadImageError:
+            continue
+        images.append(image)
+        captions.append(f"given: {r['given_label']}\nsuggested: {r['suggested_label']}\n{r['file'][-22:]}")
+    if not images:
+        return None
+    side = min(max(max(im.shape[:2]) for im in images), 96)
+    tiles = list(images_to_uint8_batch(images, side))
+    return plot_tiles(cv.dir / "label_issues.png", tiles, captions, cols=6,
+                      title="most suspicious labels first (out-of-fold prediction = suggested)")
