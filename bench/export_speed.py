@@ -74,8 +74,8 @@ def random_setup(name: str, data_dir: str, side: int | None = None):
 
 def bench_model(name: str, ckpt_path, args, workdir: Path) -> dict:
     from classifier.checkpoint import load_checkpoint
-    from classifier.export.from_checkpoint import (calibration_batches, load_run_splits, predictions,
-                                                   sample_images, seeded_subset)
+    from classifier.export.run_data import (calibration_batches, load_run_splits, predictions, sample_images,
+                                            seeded_subset)
     from classifier.models import model_from_checkpoint
     from classifier.export import benchmark, compare_with_torch, export_onnx, quantize_int8
     from classifier.inference import Predictor

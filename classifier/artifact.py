@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from classifier.errors import ClassifierError
 from classifier.preprocess import Preprocessing, policy_description
@@ -19,26 +20,67 @@ if TYPE_CHECKING:
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+# What ONNX Runtime opens: every export format writes one of these (classifier/export/formats.py), so a
+# new format of ONNX models needs nothing here; a new kind of file would need a reader first.
 ONNX_SUFFIXES = (".onnx", ".ort")
 
-# How metadata values are decoded; keys not listed stay strings.
-_JSON_KEYS = {"classes", "input_size", "mean", "std", "config"}
-_INT_KEYS = {"channels", "num_classes", "opset"}
-_BOOL_KEYS = {"preprocessing_embedded", "resize_embedded", "dynamic_batch", "dynamic_size", "tta_flip"}
+
+# --- the metadata schema: one entry per key ---------------------------------------------------------
+@dataclass(frozen=True)
+class MetadataKey:
+    """A key the toolkit writes into ``metadata_props``: how its string is decoded (``kind``) and, for keys
+    that come from the run, its value in an export of a checkpoint (``from_checkpoint(ckpt)``; None leaves
+    the key out, so checkpoints that predate it export as before). Keys written by the exporter itself
+    (preprocessing, opset, ...) have no ``from_checkpoint``."""
+    kind: str = "str"  # str | int | float | bool | json
+    from_checkpoint: Callable[[dict], object] | None = None
+
+
+METADATA_KEYS: dict[str, MetadataKey] = {}
+
+
+def metadata_key(name: str, kind: str = "str", from_checkpoint: Callable[[dict], object] | None = None) -> None:
+    """Declare a metadata key: the one place a new key is added (decoding, and its value from a checkpoint)."""
+    if kind not in _DECODERS:
+        raise ValueError(f"metadata kind must be one of {', '.join(_DECODERS)}, got {kind!r}")
+    METADATA_KEYS[name] = MetadataKey(kind, from_checkpoint)
+
+
+_DECODERS = {"str": str, "int": int, "float": float, "bool": lambda v: v.lower() == "true", "json": json.loads}
+
+
+def _dataset_text(ckpt: dict):
+    dataset = ckpt.get("dataset")
+    return dataset if isinstance(dataset, str) or dataset is None else json.dumps(dataset)
+
+
+# from the run (checkpoint_metadata), in the order they are written
+metadata_key("model_name", "str", lambda ckpt: ckpt["model_name"])
+metadata_key("classes", "json", lambda ckpt: list(ckpt["classes"]))
+metadata_key("num_classes", "int", lambda ckpt: int(ckpt["num_classes"]))
+metadata_key("dataset", "str", _dataset_text)
+metadata_key("epoch", "str", lambda ckpt: ckpt.get("epoch"))
+metadata_key("config", "json", lambda ckpt: ckpt.get("config"))  # the training config: provenance, kept classes
+# clients average the logits of the image and its mirror image
+metadata_key("tta_flip", "bool", lambda ckpt: bool((ckpt.get("config") or {}).get("tta_flip")))
+# classifier/tasks.py: "multilabel" = a sigmoid per class, class c predicted when sigmoid >= thresholds[c]
+# (a JSON list in class order); absent or "multiclass" = softmax, the top class
+metadata_key("task", "str", lambda ckpt: ckpt.get("task"))
+metadata_key("thresholds", "json", lambda ckpt: ckpt.get("thresholds"))
+# from the exporter (preprocessing_metadata, export_onnx, quantize_int8, the web graph)
+for _name in ("input_size", "mean", "std"):
+    metadata_key(_name, "json")
+for _name in ("channels", "opset"):
+    metadata_key(_name, "int")
+for _name in ("preprocessing_embedded", "resize_embedded", "dynamic_batch", "dynamic_size"):
+    metadata_key(_name, "bool")
 
 
 def checkpoint_metadata(ckpt: dict) -> dict:
-    """The metadata an export of a toolkit checkpoint carries besides its preprocessing."""
-    dataset = ckpt.get("dataset")
-    return {
-        "model_name": ckpt["model_name"],
-        "classes": list(ckpt["classes"]),
-        "num_classes": int(ckpt["num_classes"]),
-        "dataset": dataset if isinstance(dataset, str) or dataset is None else json.dumps(dataset),
-        "epoch": ckpt.get("epoch"),
-        "config": ckpt.get("config"),  # the training config: provenance, and which classes were kept
-        "tta_flip": bool((ckpt.get("config") or {}).get("tta_flip")),  # clients average image + mirror logits
-    }
+    """The metadata an export of a toolkit checkpoint carries besides its preprocessing (``METADATA_KEYS``;
+    a key whose value is None, e.g. one the checkpoint predates, is left out)."""
+    values = {name: key.from_checkpoint(ckpt) for name, key in METADATA_KEYS.items() if key.from_checkpoint}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def preprocessing_metadata(prep: Preprocessing, *, embedded: bool, resize_embedded: bool = False) -> dict:
@@ -91,16 +133,11 @@ def decode_metadata(props: dict[str, str]) -> dict:
     """Strings from ``metadata_props`` -> Python values for the keys this toolkit writes."""
     out = {}
     for key, value in props.items():
+        declared = METADATA_KEYS.get(key)
         try:
-            if key in _JSON_KEYS:
-                value = json.loads(value)
-            elif key in _INT_KEYS:
-                value = int(value)
-            elif key in _BOOL_KEYS:
-                value = value.lower() == "true"
+            out[key] = _DECODERS[declared.kind](value) if declared else value
         except ValueError:
             raise ClassifierError(f"bad metadata value {key}={value[:80]!r} in the model file") from None
-        out[key] = value
     return out
 
 

@@ -18,7 +18,7 @@ from classifier.export import (checkpoint_metadata, export_onnx, quantize_int8, 
 from classifier.inference import Predictor
 from classifier.models import create_model
 from classifier.preprocess import Preprocessing, to_model_input
-from conftest import COLOURS, write_class_images
+from tests.conftest import COLOURS, write_class_images
 
 SIZE = 32
 CLASSES = sorted(COLOURS)  # folder datasets list classes in sorted order

@@ -28,8 +28,8 @@ from classifier.export import read_metadata, web
 from classifier.inference import Predictor
 from classifier.models import create_model
 from classifier.preprocess import Preprocessing
-from conftest import COLOURS, write_class_images
-from test_export import CLASSES, make_checkpoint, train_briefly
+from tests.conftest import COLOURS, write_class_images
+from tests.test_export import CLASSES, make_checkpoint, train_briefly
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from classifier import api
 from classifier.commands import cli_entry
+from classifier.flags import FlagParser, add_bool_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         description="Classify images: top-k classes per image, predictions.csv and a figure.",
         epilog="examples:\n"
                "  python test.py --checkpoint runs/NAME/best.pt photo.jpg other.png\n"
@@ -20,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--output", help="output folder (default: next to the model, predict/)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--quiet", action="store_true", help="do not print one line per image")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="multi-label models: this decision threshold for every class (default: the fitted ones)")
+    add_bool_flag(p, "quiet", default=False, help="do not print one line per image (--quiet, or --quiet true)")
     return p
 
 
@@ -28,10 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     model = api.load(args.checkpoint)
-    preds = model.predict(args.images, topk=args.topk, batch_size=args.batch_size)
+    preds = model.predict(args.images, topk=args.topk, batch_size=args.batch_size, threshold=args.threshold)
     if not args.quiet:
         for p in preds:
-            print(f"{p.path}: " + ", ".join(f"{label} {prob:.1%}" for label, prob in p.topk))
+            if preds.multilabel:  # the label set, each with its probability
+                chosen = [(c, p.probs[model.classes.index(c)]) for c in p.labels]
+                print(f"{p.path}: " + (", ".join(f"{label} {prob:.1%}" for label, prob in chosen) or "(no label)"))
+            else:
+                print(f"{p.path}: " + ", ".join(f"{label} {prob:.1%}" for label, prob in p.topk))
     out = Path(args.output) if args.output else Path(args.checkpoint).parent / "predict"
     preds.save(out, topk=args.topk)
     shown = (out / "predictions.png").is_file()

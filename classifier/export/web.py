@@ -30,15 +30,12 @@ from pathlib import Path
 
 from torch import nn
 
-from classifier.artifact import checkpoint_metadata, read_metadata
+from classifier.artifact import read_metadata
 from classifier.cache import cache_dir
-from classifier.checkpoint import load_checkpoint
 from classifier.errors import ClassifierError
-from classifier.export.from_checkpoint import ExportOptions, calibration_batches, load_run_splits, parity_images
 from classifier.export.onnx import export_onnx, verify_onnx
 from classifier.export.quantize import quantize_int8
-from classifier.inference import Predictor, flip_averaged
-from classifier.models import model_from_checkpoint
+from classifier.inference import flip_averaged
 from classifier.preprocess import Preprocessing
 
 ORT_WEB_VERSION = "1.30.0"
@@ -76,39 +73,6 @@ class WebModel:
 class WebFolder:
     path: Path
     models: list[WebModel] = field(default_factory=list)
-
-
-def export_web_checkpoint(checkpoint, out_dir=None, *, serve_page: bool = False, **options) -> Path:
-    """``export.py --checkpoint C --web [DIR] [--serve]``: the page folder for a toolkit checkpoint (default:
-    ``web/`` beside it), verified and calibrated on the run's own data as ``export.py`` does; ``options`` as
-    ``ExportOptions`` (quantize, quantize_method, verify, opset, data_dir). ``out_dir`` None: no --web."""
-    if out_dir is None:
-        raise ClassifierError("--serve serves the page that --web writes: add --web [DIR]")
-    opts = ExportOptions.of(**options)
-    opts.check()
-    unused = [name for name in ("output", "mobile", "benchmark", "dynamic_size") if getattr(opts, name)]
-    if unused:
-        raise ClassifierError(f"--web writes its own folder of models (preprocessing embedded): "
-                              f"drop --{unused[0].replace('_', '-')}")
-    ckpt_path = Path(checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    prep = Preprocessing.from_dict(ckpt["preprocessing"])
-    data = load_run_splits(ckpt_path, ckpt, opts.data_dir)
-    images, what = parity_images(prep, data) if opts.verify else (None, "")
-    static = opts.quantize and opts.quantize_method == "static"
-    folder = export_web(model_from_checkpoint(ckpt), prep, checkpoint_metadata(ckpt),
-                        out_dir or ckpt_path.parent / "web", verify_images=images, opset=opts.opset,
-                        quantize=opts.quantize_method if opts.quantize else None,
-                        calibration=(lambda fp32: calibration_batches(Predictor.load(fp32), data)) if static else None)
-    for web_model in folder.models:
-        print(f"{web_model.precision}: {web_model.path} ({web_model.note})")
-    if what:
-        print(f"(the parity check used {what})")
-    print(f"web page: {folder.path}/index.html; browsers only run it served over http"
-          f"{'' if serve_page else f': python -m http.server -d {folder.path} (or add --serve)'}")
-    if serve_page:
-        serve(folder.path)
-    return folder.path
 
 
 def export_web(model: nn.Module, prep: Preprocessing, metadata: dict, out_dir, *, verify_images=None,
