@@ -152,7 +152,10 @@ def test_durations_and_bad_arguments(tmp_path):
         classifier.tune(trials=0, model="lenet5")
 
 
-@pytest.mark.skipif(os.environ.get("CLASSIFIER_SKIP_RAY") == "1", reason="CLASSIFIER_SKIP_RAY=1")
+# Ray's start and one worker process per trial (each importing torch) took 134 s on the busy 2-core machine:
+# over the suite's budget for a local `make test`, so it runs in CI (CI set) or with CLASSIFIER_RAY_TESTS=1
+@pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("CLASSIFIER_RAY_TESTS")),
+                    reason="slow (starts Ray): runs in CI, or locally with CLASSIFIER_RAY_TESTS=1")
 def test_ray_backend_runs_two_trials_with_the_sampled_values(tmp_path):
     ray = pytest.importorskip("ray")
     images, labels = tiny_arrays()
