@@ -33,6 +33,7 @@ from classifier.inference import Predictor
 from classifier.models import model_summary
 from classifier.preprocess import policy_description
 from classifier.report.plots import confusion_matrix_figure, plot_learning_curves
+from classifier.tracking import add_tracking_callbacks
 
 EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
 
@@ -59,6 +60,7 @@ def print_epoch(run, row: dict) -> None:
     best = "  *best*" if row.get("is_best") and row["val_loss"] is not None else ""
     print(f"epoch {row['epoch']:>3}/{run.cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
           + (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  " if row["val_loss"] is not None else "no val  ")
+          + (f"mAP {row['val_mAP']:.4f}  " if row.get("val_mAP") is not None else "")
           + f"lr {row['lr']:.2e}  "
           f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)"
           + (f" at {row['train_size'][0]}x{row['train_size'][1]} px" if row.get("train_size") else "") + best,
@@ -148,17 +150,27 @@ def evaluate_test_split(run, summary: dict) -> None:
     if not run.cfg.eval_test or test is None or not len(test):
         return
     best = Path(run.dir) / "best.pt"
-    predictor = Predictor.load(best) if best.exists() else Predictor.from_model(
-        run.eval_model, run.data.prep, run.data.classes, tta_flip=run.cfg.tta_flip)
+    if best.exists():
+        predictor = Predictor.load(best)
+    else:
+        predictor = Predictor.from_model(run.eval_model, run.data.prep, run.data.classes, tta_flip=run.cfg.tta_flip)
+        predictor.set_task(run.task.name, run.state.thresholds)
     metrics = evaluate_and_report(predictor, test, Path(run.dir) / "eval",
                                   title=f"{run.cfg.model} on {run.cfg.dataset} ({split} split)", source=str(best),
                                   history=run.state.history, progress=run.cfg.progress, figures=run.cfg.plots)
     print(f"{split} accuracy {metrics['accuracy']:.2%} on {metrics['n_samples']} images; "
           f"report: {Path(run.dir) / 'eval' / 'report.md'}")
     summary[f"{split}_accuracy"], summary["evaluated_split"] = metrics["accuracy"], split
-    if run.cfg.plots:
+    if run.task.name == "multilabel":  # summary.json's multi-label figures (0-1, like the accuracy)
+        summary[f"{split}_mAP"], summary[f"{split}_macro_f1"] = metrics["mAP"], metrics["macro_f1"]
+        print(f"{split} mAP {_fmt(metrics['mAP'])}, macro F1 {_fmt(metrics['macro_f1'])} at the fitted thresholds")
+    if run.cfg.plots and "confusion_matrix" in metrics:
         summary["_confusion_figure"] = confusion_matrix_figure(np.asarray(metrics["confusion_matrix"]),
                                                                run.data.classes)
+
+
+def _fmt(value) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 def add_default_callbacks(run) -> None:
@@ -176,6 +188,7 @@ def add_default_callbacks(run) -> None:
             tb = TensorBoardLogger(Path(run.dir) / "tensorboard")
             run.callbacks.add("on_epoch_end", tb.on_epoch_end)
             run.callbacks.add("on_train_end", tb.on_train_end)
+        add_tracking_callbacks(run)  # --mlflow (classifier/tracking.py)
     for event, fns in user.items():
         for fn in fns:
             run.callbacks.add(event, fn)
