@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import classifier  # noqa: E402
-from classifier.config import make_config  # noqa: E402
+from classifier.config import resolve  # noqa: E402
 from classifier.engine.lr_finder import find_lr_for_config  # noqa: E402
 from classifier.errors import ClassifierError  # noqa: E402
 
@@ -72,7 +72,7 @@ def task_settings(task: str, out: Path) -> dict:
 
 def measure(task: str, out: Path) -> dict:
     settings = task_settings(task, out)
-    result = find_lr_for_config(make_config({**COMMON, **settings}), plot_path=out / f"{task}-lr_find.png")
+    result = find_lr_for_config(resolve({**COMMON, **settings})[0], plot_path=out / f"{task}-lr_find.png")
     picks = {rule: float(f"{lr:.2g}") for rule, lr in result.suggestions.items()}
     print(f"{task}: range test {len(result.lrs)} steps, diverged at {result.divergence_lr}; picks {picks}",
           flush=True)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from classifier.commands import cli_entry  # noqa: E402
 import classifier  # noqa: E402
-from classifier.config import add_config_arguments, given_values  # noqa: E402
+from classifier.config import add_config_arguments, flag_values  # noqa: E402
 from train_speed import REFERENCE_BF16_GFLOPS  # noqa: E402
 
 DEFAULT_TARGETS = (0.93, 0.94, 0.95)
@@ -140,7 +140,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     command = " ".join(["python", "bench/time_to_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     tracker = TestSplitTracker(args.targets, time.perf_counter(), command, RECIPE_BUDGETS.get(args.recipe))
-    run_dir = classifier.train(callbacks={"on_epoch_end": [tracker.on_epoch_end]}, **given_values(args)).dir
+    run_dir = classifier.train(args.config, callbacks={"on_epoch_end": [tracker.on_epoch_end]},
+                               **flag_values(args)).dir
     print(f"\n{command}\nmachine: {tracker.machine}\n{tracker.summary()}\n"
           f"figures: {Path(run_dir) / 'time_to_accuracy.json'}", flush=True)
     return tracker

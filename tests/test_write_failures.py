@@ -16,7 +16,7 @@ from classifier.commands.eval import main as eval_main
 from classifier.commands.export import main as export_main
 from classifier.commands.test import main as classify_main
 from classifier.commands.train import main as train_main
-from classifier.config import make_config
+from classifier.config import make_config, resolve
 from classifier.engine.trainer import fit
 from classifier.errors import ClassifierError
 from classifier.fileio import atomic_target, make_output_dir
@@ -137,8 +137,9 @@ def test_full_disk_during_a_checkpoint_save_then_resume(tmp_path, small_disk, mo
     else:
         no_space_on_save(monkeypatch)
 
+    longer, given = resolve({"epochs": 2}, resume=run_dir)  # the resume rules (config.resolve), then the engine
     with pytest.raises(ClassifierError) as err:
-        fit(cfg, given={"epochs": 2}, resume=run_dir)
+        fit(longer, given=given, resume=run_dir)
     assert str(err.value) in [f"cannot write checkpoint {run_dir / name}: {NO_SPACE}" for name in ("best.pt", "last.pt")]
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1  # the previous checkpoint is intact
     assert {p.name for p in run_dir.iterdir()} == before  # no temporary file left behind
@@ -147,7 +148,7 @@ def test_full_disk_during_a_checkpoint_save_then_resume(tmp_path, small_disk, mo
         filler.unlink()
     else:
         monkeypatch.undo()
-    fit(cfg, given={"epochs": 2}, resume=run_dir)
+    fit(longer, given=given, resume=run_dir)
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 2
 
 

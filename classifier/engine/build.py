@@ -14,10 +14,10 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
 from classifier.checkpoint import load_checkpoint
-from classifier.config import RESUMABLE_KEYS, Config, make_config, resolve_for_model
+from classifier.config import Config
 from classifier.data import build_loader, cap_per_class, default_augment, run_splits, save_split
 from classifier.data.check import run_check
-from classifier.data.datasets import default_resize_policy
+from classifier.data.statistics import default_resize_policy
 from classifier.engine import runtime
 from classifier.engine.callbacks import Callbacks
 from classifier.engine.ema import WeightAverage
@@ -26,6 +26,7 @@ from classifier.errors import ClassifierError
 from classifier.fileio import make_output_dir
 from classifier.models import create_model, freeze_backbone, load_weights, model_entry, param_groups
 from classifier.preprocess import Preprocessing
+from classifier.tasks import Task, get_task
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TrainState:
     batch_in_epoch: int = 0  # batches done in the unfinished epoch (mid-epoch checkpoints)
     epoch_sums: dict = field(default_factory=dict)
     best_val_loss: float = float("inf")
+    best_score: float | None = None  # the task's selection score of best.pt (None: runs before tasks: the loss)
+    thresholds: list | None = None  # multi-label: per-class decision thresholds fitted with best.pt
     best_epoch: int = 0
     bad_epochs: int = 0
     train_time_s: float = 0.0
@@ -77,6 +80,12 @@ class Run:
     summary: dict | None = None  # summary.json's figures once trained
     startup_s: float | None = None  # this process's start to its first training step (summary.json)
     ema: WeightAverage | None = None  # --ema: the averaged weights, which are validated and saved
+    scaler: object = None  # fp16: torch.amp.GradScaler (runtime.grad_scaler), saved in last.pt
+
+    @property
+    def task(self) -> Task:
+        """multiclass or multilabel (classifier/tasks.py), as resolved from the data by build_data."""
+        return get_task(self.cfg.task)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -90,23 +99,26 @@ class Run:
 
 def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | None = None,
               arrays=None, callbacks: dict | None = None) -> Run:
-    """Everything a run needs, built from its config (or from ``resume``: a run folder's last.pt).
+    """Everything a run needs, built from its finished config (``config.resolve``, which also applies the
+    resume rules: ``cfg`` is then the resumed run's) and, with ``resume``, the state in that run folder's
+    last.pt.
 
     ``arrays``: (DatasetInfo, official splits) of in-memory data (classifier.data.arrays), for runs whose
     dataset is ``arrays:...``. ``callbacks``: {event: [fn, ...]} added after the default loggers.
     """
     given = dict(given or {})
-    cfg = resolve_for_model(cfg)  # model-dependent values, before any folder is made or data loaded
     dist = runtime.init_distributed(cfg.device)
     ckpt = None
     restarts = 0 if resume else runtime.elastic_restart_count()
     if resume:
         run_dir = Path(resume)
-        ckpt, cfg, given = resume_config(run_dir, given)
+        ckpt = load_checkpoint(run_dir / "last.pt")
     else:
         run_dir = make_run_dir(cfg, dist, latest=restarts > 0)
         if restarts and (run_dir / "last.pt").is_file():
-            ckpt, cfg, given = resume_config(run_dir, given)
+            ckpt = load_checkpoint(run_dir / "last.pt")
+            # the same command again: the first attempt's config as it saved it (with what the run filled in)
+            cfg, given = Config(**ckpt["config"]), dict(ckpt.get("given") or given)
             if dist.is_main:
                 print(f"torchrun restart {restarts}: resuming {run_dir} from last.pt (epoch {ckpt['epoch']}, "
                       f"step {ckpt['step']})", flush=True)
@@ -114,6 +126,8 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
                                        seed=cfg.seed)
 
     data = build_data(cfg, run_dir, dist, resumed=ckpt is not None, arrays=arrays)
+    if device.type == "cuda":
+        place_data_on_gpu(data, device, fixed_shapes=not cfg.progressive_resize and not cfg.deterministic)
     raw_model, load_note = build_model(cfg, data, pretrained_ok=ckpt is None)
     optimizer = build_optimizer(optimizer_groups(raw_model, cfg), cfg)
     state = TrainState()
@@ -134,37 +148,31 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
     if ema is not None and ckpt is not None:
         ema.model.load_state_dict(ckpt["model"])
     model = wrap_model(raw_model, cfg, dist, device)
-    run = Run(cfg, given, run_dir, dist, device, runtime.amp_dtype(cfg.amp, device), data, model, raw_model,
-              optimizer, state, Callbacks(), channels_last, resumed=ckpt is not None, load_note=load_note, ema=ema)
+    dtype = runtime.amp_dtype(cfg.amp, device)
+    scaler = runtime.grad_scaler(dtype, device)
+    if scaler is not None and ckpt is not None and ckpt.get("grad_scaler"):
+        scaler.load_state_dict(ckpt["grad_scaler"])
+    run = Run(cfg, given, run_dir, dist, device, dtype, data, model, raw_model,
+              optimizer, state, Callbacks(), channels_last, resumed=ckpt is not None, load_note=load_note, ema=ema,
+              scaler=scaler)
     for event, fns in (callbacks or {}).items():
         for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
             run.callbacks.add(event, fn)
     return run
 
 
-def resume_config(run_dir: Path, given: dict) -> tuple[dict, Config, dict]:
-    """The checkpoint to continue, the run's config, and the settings given for the run so far.
+def place_data_on_gpu(data: RunData, device: torch.device, *, fixed_shapes: bool) -> None:
+    """A CUDA run's input pipeline: in-memory images move to the GPU once when they take at most a quarter
+    of its free memory (batches are then gathered and augmented there), streamed batches come in page-locked
+    memory (copied asynchronously), and cuDNN picks its fastest kernels when every batch has one shape."""
+    from classifier.data.loaders import InMemoryLoader, StreamingLoader
 
-    The run's own config wins; settings given now may change what a resume may change (a longer run,
-    the hardware, ...) and must otherwise equal the run's: a flag given is never silently ignored.
-    """
-    path = run_dir / "last.pt"
-    if not path.is_file():
-        raise ClassifierError(f"cannot resume: {path} not found")
-    ckpt = load_checkpoint(path)
-    values = dict(ckpt["config"])
-    for key, value in given.items():
-        if key in RESUMABLE_KEYS:
-            values[key] = value
-    cfg = make_config(values)
-    run_cfg, asked = make_config(dict(ckpt["config"])), make_config({**ckpt["config"], **given})
-    for key in given:
-        if key not in RESUMABLE_KEYS and getattr(asked, key) != getattr(run_cfg, key):
-            raise ClassifierError(f"--{key.replace('_', '-')} cannot change when resuming (the run has "
-                                  f"{getattr(run_cfg, key)!r}); on resume only {', '.join(sorted(RESUMABLE_KEYS))} "
-                                  "may change: start a new run for other settings")
-    merged = {**(ckpt.get("given") or {}), **{k: v for k, v in given.items() if k in RESUMABLE_KEYS}}
-    return ckpt, cfg, merged
+    for loader in data.loaders.values():
+        if isinstance(loader, InMemoryLoader):
+            loader.to(device)
+        elif isinstance(loader, StreamingLoader):
+            loader.pin_memory = True
+    torch.backends.cudnn.benchmark = fixed_shapes
 
 
 def make_run_dir(cfg: Config, dist: runtime.Dist, *, latest: bool = False) -> Path:
@@ -213,7 +221,11 @@ def build_data(cfg: Config, run_dir: Path, dist: runtime.Dist, *, resumed: bool 
     if cfg.early_stopping and not len(splits.splits["val"]):  # before anything is written to the run folder
         raise ClassifierError("--early-stopping watches the validation loss, and this run has no validation "
                               "images (--val-fraction 0): drop one of the two")
-    if dist.is_main and not resumed and splits.info.name.startswith("folder:"):
+    cfg.task = "multilabel" if splits.info.multilabel else "multiclass"  # --task auto resolved by the data
+    if cfg.task == "multilabel" and cfg.sampler == "balanced":
+        raise ClassifierError("--sampler balanced draws every class equally often, which multi-label images "
+                              "(several classes each) do not allow: use --class-weights auto")
+    if dist.is_main and not resumed and splits.info.name.startswith(("folder:", "csv:")):
         run_check(splits.info.classes, splits.splits, Path(run_dir) / "data_check.json")
     splits.splits["train"] = cap_per_class(splits.splits["train"], cfg.max_per_class, cfg.seed)
     if dist.is_main and not resumed:
@@ -278,7 +290,11 @@ def wrap_model(model, cfg: Config, dist: runtime.Dist, device: torch.device):
                 raise ClassifierError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU (without "
                                       "it each process normalises with its own shard's batch statistics)")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # feature-extract freezes the backbone before this line, so DDP never sees its parameters; a fine-tune's
+        # head warm-up freezes it after, so DDP must be told that some parameters get no gradient for a while
+        warmup = cfg.mode == "finetune" and bool(cfg.head_warmup_epochs)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=warmup)
     if cfg.compile:
         model = torch.compile(model)
     return model

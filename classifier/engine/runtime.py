@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,19 +36,36 @@ def configure_process(device_name: str, dist: "Dist", *, threads: int | None, de
     return device
 
 
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AMP_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32.
 
-    auto: bf16 on CPUs with native bf16 instructions (AVX512-BF16/AMX), where it is measured faster;
-    fp16 on CUDA (bf16 where supported). on: bf16 even without native support (slow, for testing).
+    auto (alias: on): bf16 on CPUs with native bf16 instructions (AVX512-BF16/AMX), where it is measured
+    faster, fp32 on other CPUs; on CUDA bf16 where the card has it (Ampere and newer), else fp16 (T4, V100,
+    GTX 16xx), which trains with a gradient scaler (``grad_scaler``). bf16 / fp16: that dtype on any device
+    (on a CPU without native support they run, slowly: for tests and for checking a GPU recipe here).
     """
     if amp == "off":
         return None
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
         getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if (amp == "on" or native) else None
+    return torch.bfloat16 if native else None
+
+
+def grad_scaler(dtype: torch.dtype | None, device: torch.device):
+    """A ``torch.amp.GradScaler`` for fp16 training, else None: fp16 gradients below 6e-8 flush to zero, so
+    the loss is scaled up before backward and the gradients down before the step (bf16 has fp32's range
+    and needs none). The scale lives in last.pt, so a resume continues with it exactly."""
+    if dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def use_channels_last(wanted: bool, model: torch.nn.Module, device: torch.device) -> bool:
@@ -156,3 +173,27 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def global_state_restored():
+    """Put back the process-wide settings a run changes (``configure_process``): threads, deterministic
+    mode, random generators. The Python API wraps training in it, so a notebook's state survives a run."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        # only when the run changed it: the call imports torch._dynamo and torch._inductor (~3 s)
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != (deterministic, warn_only):
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
