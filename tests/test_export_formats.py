@@ -19,7 +19,7 @@ from classifier.export import from_checkpoint, web
 from classifier.export.formats import FORMATS, ExportFormat, ExportOptions, Row, register_format
 from classifier.inference import Predictor
 from classifier.models import create_model
-from classifier.preprocess import Preprocessing
+from classifier.preprocess import Preprocessing, to_model_input
 from tests.conftest import write_class_images
 from tests.test_export import CLASSES, colour_images, make_checkpoint, train_briefly
 
@@ -265,3 +265,29 @@ def test_formats_table_is_what_the_help_lists():
     text = build_parser().format_help()
     assert all(f"  {name} " in text for name in FORMATS)
     assert formats_module.plan(ExportOptions.of(format="ort"))[0].name == "onnx"  # needs come first
+
+
+def test_a_second_output_is_exported_after_the_logits(tmp_path):
+    """``export_onnx(outputs=...)``: e.g. a CAM beside the logits; predictors read the first output."""
+    from torch import nn
+
+    from classifier.artifact import open_session
+    from classifier.export import export_onnx
+
+    class WithMap(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x), x.mean(dim=1)
+
+    prep = Preprocessing(size=(32, 32), channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    net = create_model("lenet5", num_classes=3, in_chans=3).eval()
+    meta = {"model_name": "lenet5", "classes": CLASSES, "num_classes": 3}
+    path = export_onnx(WithMap(net), prep, meta, tmp_path / "two.onnx", outputs=("logits", "map"))
+    assert [o.name for o in open_session(path).get_outputs()] == ["logits", "map"]
+    images = colour_images(4, seed=2)[0]
+    with torch.inference_mode():
+        expected = torch.softmax(net(to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2), prep)), 1).numpy()
+    np.testing.assert_allclose(Predictor.load(path).predict(images), expected, atol=1e-5)

@@ -36,8 +36,12 @@ DEFAULT_OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 1
 
 def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, dynamic_batch: bool = True,
-                dynamic_size: bool = False, embed_preprocessing: bool = False, opset: int | None = None) -> Path:
+                dynamic_size: bool = False, embed_preprocessing: bool = False, opset: int | None = None,
+                outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> Path:
     """Export ``model`` to ``path`` (input "input", output "logits") with ``metadata`` and ``prep`` stored.
+
+    ``outputs``: the names of the model's outputs when it returns several (a tuple), logits first: clients
+    that know only "logits" read the first output.
 
     ``embed_preprocessing`` folds the resize, pixel scaling and normalisation into the graph: the input
     is then uint8 NCHW pixels of any height and width, in the model's channels, and the graph computes
@@ -55,7 +59,7 @@ def export_onnx(model: nn.Module, prep: Preprocessing, metadata: dict, path, *, 
     example = _example_input(prep, embedded=embed_preprocessing, batch=2)
     try:
         proto, exporter = _trace(net, example, dynamic_batch=dynamic_batch,
-                                 dynamic_size=dynamic_size or resize_embedded, opset=opset)
+                                 dynamic_size=dynamic_size or resize_embedded, opset=opset, outputs=list(outputs))
     finally:
         model.train(was_training)
     props = {
@@ -99,7 +103,7 @@ def _example_input(prep: Preprocessing, *, embedded: bool, batch: int, size=None
     return torch.randn(shape)
 
 
-def _trace(net, example, *, dynamic_batch, dynamic_size, opset) -> tuple[onnx.ModelProto, str]:
+def _trace(net, example, *, dynamic_batch, dynamic_size, opset, outputs) -> tuple[onnx.ModelProto, str]:
     """torch.export-based exporter first; the TorchScript one for models it cannot capture."""
     dims = {0: "batch"} if dynamic_batch else {}
     if dynamic_size:
@@ -109,7 +113,7 @@ def _trace(net, example, *, dynamic_batch, dynamic_size, opset) -> tuple[onnx.Mo
         warnings.simplefilter("ignore")  # exporter deprecation chatter, not the user's concern
         try:
             shapes = ({i: torch.export.Dim(name) for i, name in dims.items()},) if dims else None
-            program = torch.onnx.export(net, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            program = torch.onnx.export(net, (example,), None, input_names=[INPUT_NAME], output_names=outputs,
                                         opset_version=opset, dynamo=True, dynamic_shapes=shapes,
                                         external_data=False, verbose=False)
             return program.model_proto, f"torch.onnx dynamo (torch {torch.__version__})"
@@ -117,9 +121,9 @@ def _trace(net, example, *, dynamic_batch, dynamic_size, opset) -> tuple[onnx.Mo
             errors.append(first_line(err))
         try:
             buf = io.BytesIO()
-            axes = {INPUT_NAME: dims, OUTPUT_NAME: {0: "batch"} if dynamic_batch else {}}
+            axes = {INPUT_NAME: dims, **{name: {0: "batch"} if dynamic_batch else {} for name in outputs}}
             with _native_stdout_silenced():
-                torch.onnx.export(net, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                torch.onnx.export(net, (example,), buf, input_names=[INPUT_NAME], output_names=outputs,
                                   opset_version=opset, dynamo=False, dynamic_axes=axes)
             return onnx.load_from_string(buf.getvalue()), f"torch.onnx torchscript (torch {torch.__version__})"
         except Exception as err:  # noqa: BLE001
