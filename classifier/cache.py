@@ -10,14 +10,24 @@ hit refreshes it with :func:`touch`) until the folder is under the limit again. 
 is kept even if it alone is larger than the limit.
 
 Clear it with :func:`clear_cache` (``classifier.cache.clear_cache()``), or delete the folder.
+
+Kinds: ``decoded`` (pixels of small file datasets, below), ``checks`` (classifier.data.check), ``features``
+(classifier.engine.features), ``onnxruntime-web`` (classifier.export.web).
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from classifier.errors import ClassifierError
+
+log = logging.getLogger(__name__)
 
 ROOT_ENV = "CLASSIFIER_CACHE"
 MAX_GB_ENV = "CLASSIFIER_CACHE_MAX_GB"
@@ -137,3 +147,51 @@ def _human(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} B"
+
+
+# --- decoded pixels ---------------------------------------------------------------------------------
+# File datasets small enough for memory are decoded once (classifier.data.loaders.decode_to_memory); a slow
+# decode is kept here, keyed by the file list (paths, sizes, modification times) and how it was decoded.
+
+def decoded_key(paths: list[str], how: str) -> str:
+    """32 hex digits naming the decode of ``paths`` done as ``how`` (channels, fit size, ...)."""
+    h = hashlib.sha256(f"decoded-v1 {how}\n".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{os.path.abspath(p)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{os.path.abspath(p)}\tmissing\n".encode())
+    return h.hexdigest()[:32]
+
+
+def read_decoded(key: str, n: int, shape: tuple):
+    """(uint8 images (n, *shape), decoded-ok flags (n,)) saved under ``key``, or None."""
+    path = cache_root() / "decoded" / f"{key}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, ok = z["images"], z["ok"]
+        if images.shape == (n, *shape) and images.dtype == np.uint8 and ok.shape == (n,):
+            touch(path)
+            return images, ok.astype(bool)
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def write_decoded(key: str, images: np.ndarray, ok: np.ndarray) -> None:
+    """Save decoded images atomically (then enforce the size limit); a read-only or full disk only warns."""
+    tmp, folder = None, None
+    try:
+        folder = cache_dir("decoded")
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz.tmp", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=images, ok=ok)
+        os.replace(tmp, folder / f"{key}.npz")
+        enforce_limit(keep=folder / f"{key}.npz")
+    except OSError as err:  # we just decode again next time
+        log.warning("could not save decoded images to %s: %s", folder, err)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)

@@ -105,6 +105,12 @@ def task_names() -> list[str]:
     return list(TASK_CHOICES)
 
 
+def ood_score_names() -> list[str]:
+    from classifier.trust.ood import SCORES  # the scores' registry; imported when a name is checked
+
+    return list(SCORES)
+
+
 def augment_presets() -> list[str]:
     from classifier.data.augment import PRESETS  # imports torch: only when an augment name is checked
 
@@ -190,6 +196,10 @@ class Config:
     eval_test: bool = True  # evaluate the best checkpoint on the test split at the end
     plots: bool = True  # PNG figures: curves.png and the test report's (off: its numbers and tables only, 4-5 s less)
     tta_flip: bool = False  # evaluation (val, test) averages the logits of each image and its mirror image
+    # --- trust (classifier/trust/): fitted on the validation split after training, stored in best.pt
+    calibrate: bool = True  # temperature scaling of the probabilities (false: the raw softmax)
+    ood_score: str = key("knn", choices=ood_score_names)  # the "unknown" score (docs/trust.md)
+    reject_keep: float = key(0.95, gt=0, le=1)  # share of validation images the "unknown" threshold keeps
     extra: dict = key(factory=dict)  # free-form model kwargs, e.g. {dropout: 0.2, width: 64}
     search: dict = key(factory=dict)  # train.py --tune: the space to sample, {key: {low, high[, log]} or [values]}
     # (classifier/search/space.py); empty: the mode's default space

@@ -12,15 +12,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_data_helpers import (CIFAR_NAMES, EUROSAT, code_images, write_cifar, write_eurosat,  # noqa: E402
                                write_fashion, write_idx)
 
-from classifier.data import datasets as ds  # noqa: E402
 from classifier.data import load_dataset  # noqa: E402
+from classifier.data.samples import DatasetInfo  # noqa: E402
+from classifier.data.sources import downloads  # noqa: E402
+from classifier.data.sources import fashion_mnist as fm  # noqa: E402
 from classifier.errors import ClassifierError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def no_system_fashion(monkeypatch, tmp_path):
     """Keep /usr/share/datasets out of the way: every test sees only what it wrote."""
-    monkeypatch.setattr(ds, "FASHION_SYSTEM_DIR", str(tmp_path / "no-system-copy"))
+    monkeypatch.setattr(fm, "SYSTEM_DIR", str(tmp_path / "no-system-copy"))
 
 
 def _no_network(*args, **kwargs):
@@ -53,14 +55,14 @@ def test_fashion_mnist_torchvision_layout_unpacked(tmp_path):
 
 def test_fashion_mnist_system_copy(tmp_path, monkeypatch):
     write_fashion(tmp_path / "system")
-    monkeypatch.setattr(ds, "FASHION_SYSTEM_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(fm, "SYSTEM_DIR", str(tmp_path / "system"))
     _, splits = load_dataset("fashion_mnist", tmp_path / "empty-root", download=False)
     assert len(splits["test"]) == 10
 
 
 @pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="no system Fashion-MNIST")
 def test_real_fashion_mnist_labels(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds, "FASHION_SYSTEM_DIR", "/usr/share/datasets/fashion-mnist")
+    monkeypatch.setattr(fm, "SYSTEM_DIR", "/usr/share/datasets/fashion-mnist")
     info, splits = load_dataset("fashion_mnist", tmp_path, download=False)
     assert len(splits["train"]) == 60000 and len(splits["test"]) == 10000
     assert splits["train"].labels[:5].tolist() == [9, 0, 0, 3, 0]
@@ -84,21 +86,21 @@ def test_fashion_missing_offline_names_path(tmp_path, monkeypatch):
         load_dataset("fashion_mnist", tmp_path, download=False)
     msg = str(info.value)
     assert str(tmp_path / "fashion_mnist") in msg and "train-images-idx3-ubyte.gz" in msg and "\n" not in msg
-    monkeypatch.setattr(ds, "_download", _no_network)
+    monkeypatch.setattr(downloads, "download_file", _no_network)
     with pytest.raises(ClassifierError, match="download failed.*no network"):
         load_dataset("fashion_mnist", tmp_path, download=True)
 
 
 def test_fashion_download_goes_to_root(tmp_path, monkeypatch):
     def fake_download(url, folder, filename, md5, extract):
-        assert url.startswith(ds.FASHION_URL) and md5 == ds.FASHION_FILES[filename] and not extract
+        assert url.startswith(fm.URL) and md5 == fm.FILES[filename] and not extract
         source = tmp_path / "pretend-server"
         if not source.exists():
             write_fashion(source)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / filename).write_bytes((source / filename).read_bytes())
 
-    monkeypatch.setattr(ds, "_download", fake_download)
+    monkeypatch.setattr(downloads, "download_file", fake_download)
     _, splits = load_dataset("fashion_mnist", tmp_path / "root")
     assert (tmp_path / "root" / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz").is_file()
     assert len(splits["train"]) == 30
@@ -137,7 +139,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
 
 
 def test_cifar_missing_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds, "_download", _no_network)
+    monkeypatch.setattr(downloads, "download_file", _no_network)
     with pytest.raises(ClassifierError) as info:
         load_dataset("cifar10", tmp_path)
     msg = str(info.value)
@@ -157,7 +159,7 @@ def test_eurosat_folder(tmp_path):
 
 
 def test_eurosat_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds, "_download", _no_network)
+    monkeypatch.setattr(downloads, "download_file", _no_network)
     with pytest.raises(ClassifierError, match=str(tmp_path / "eurosat" / "2750")):
         load_dataset("eurosat", tmp_path)
 
@@ -240,7 +242,7 @@ def test_unknown_spec():
 
 
 def test_preprocessing_from_info():
-    info = ds.DatasetInfo("x", ["a", "b"], 1, (28, 28), (0.5,), (0.25,))
+    info = DatasetInfo("x", ["a", "b"], 1, (28, 28), (0.5,), (0.25,))
     prep = info.preprocessing(size=(32, 32), channels=3)
     assert prep.size == (32, 32) and prep.mean == (0.5,) * 3 and prep.std == (0.25,) * 3
-    assert ds.DatasetInfo.from_dict(info.to_dict()) == info
+    assert DatasetInfo.from_dict(info.to_dict()) == info

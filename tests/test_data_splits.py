@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from test_data_helpers import index_images, write_fashion, write_image_folder  # noqa: E402
 
-from classifier.data import datasets as ds  # noqa: E402
+from classifier.data.sources import fashion_mnist as fm  # noqa: E402
 from classifier.data import (DatasetInfo, Samples, load_dataset, load_split, samples_from_record,  # noqa: E402
                              save_split, split_dataset)
 from classifier.errors import ClassifierError  # noqa: E402
@@ -68,7 +68,7 @@ def test_bad_fractions():
 
 
 def test_record_round_trip_arrays(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds, "FASHION_SYSTEM_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr(fm, "SYSTEM_DIR", str(tmp_path / "none"))
     write_fashion(tmp_path / "fashion_mnist", n_train=40)
     info, official = load_dataset("fashion_mnist", tmp_path, download=False)
     splits, record = split_dataset(info, official, seed=5)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from classifier.data.datasets import scan_class_folders
+from classifier.data.sources.folder import scan_class_folders
 from classifier.data.loaders import build_loader
 from classifier.engine import features as feature_cache
 from classifier.engine.features import cached_feature_loader

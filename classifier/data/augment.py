@@ -55,13 +55,7 @@ PRESETS = {
     "strong-noflip": Preset(translate=1 / 8, cutout=1 / 2),
     "flip-cutout": Preset(flip=True, cutout=1 / 4),
 }
-# Flips are right for all three: clothes, CIFAR objects and satellite tiles have no handedness.
-DEFAULT_AUGMENT = {"fashion_mnist": "light", "cifar10": "light", "eurosat": "light"}
-
-
-def default_augment(dataset_name: str) -> str:
-    """The preset used when the config does not choose one (image folders: ``light``)."""
-    return DEFAULT_AUGMENT.get(str(dataset_name), "light")
+# The preset a run uses when it does not choose one is its dataset source's (classifier.data.sources).
 
 
 def resolve_augment(augment) -> Preset | list:
@@ -114,7 +108,8 @@ def augment_batch(images: torch.Tensor, preset: Preset, *, seed: int, epoch: int
     if preset.is_identity or len(images) == 0:
         return images
     n, c, h, w = images.shape
-    u = torch.from_numpy(sample_uniforms(seed, epoch, indices, 6))
+    dev = images.device  # the batch may live on the GPU (InMemoryLoader.to): everything below follows it
+    u = torch.from_numpy(sample_uniforms(seed, epoch, indices, 6)).to(dev)
     x = images
     ph, pw = int(h * preset.translate), int(w * preset.translate)
     if ph or pw or preset.flip:
@@ -123,16 +118,16 @@ def augment_batch(images: torch.Tensor, preset: Preset, *, seed: int, epoch: int
         padded = F.pad(x, (pw, pw, ph, ph), mode="reflect") if ph or pw else x
         top = (u[:, 0] * (2 * ph + 1)).long()[:, None, None]  # shift = top - ph
         left = (u[:, 1] * (2 * pw + 1)).long()[:, None, None]
-        j = torch.arange(w)[None, None, :]
+        j = torch.arange(w, device=dev)[None, None, :]
         if preset.flip:
             j = torch.where((u[:, 2] < 0.5)[:, None, None], w - 1 - j, j)
-        flat = (top + torch.arange(h)[None, :, None]) * padded.shape[-1] + left + j  # N, h, w
+        flat = (top + torch.arange(h, device=dev)[None, :, None]) * padded.shape[-1] + left + j  # N, h, w
         x = padded.reshape(n, c, -1).gather(2, flat.reshape(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
     if preset.cutout:
         hh, hw = _hole(h, preset.cutout), _hole(w, preset.cutout)
         y0 = (u[:, 3] * (h - hh + 1)).long()[:, None]
         x0 = (u[:, 4] * (w - hw + 1)).long()[:, None]
-        ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+        ys, xs = torch.arange(h, device=dev)[None, :], torch.arange(w, device=dev)[None, :]
         in_rows = (ys >= y0) & (ys < y0 + hh)
         in_cols = (xs >= x0) & (xs < x0 + hw)
         x = x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)

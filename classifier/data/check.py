@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from classifier.cache import cache_dir, cache_root, enforce_limit, touch
-from classifier.data.datasets import Samples
+from classifier.data.samples import Samples
 from classifier.data.images import BadImageError, load_image
 from classifier.data.loaders import default_workers
 from classifier.fileio import atomic_target
@@ -45,7 +45,7 @@ _SHOWN = 5  # examples per problem in the console summary
 
 def check_splits(classes: list[str], splits: dict[str, Samples]) -> dict:
     """The check report (plain JSON-able data) for ``{split name: Samples}``."""
-    counts = {name: np.bincount(s.labels, minlength=len(classes)).tolist() for name, s in splits.items()}
+    counts = {name: s.class_counts(len(classes)).tolist() for name, s in splits.items()}  # multi-label too
     train = counts.get("train") or [0]
     modes, sizes, unreadable, wrong_ext, readable = Counter(), Counter(), [], [], []
     caches = {}  # folder -> its CheckCache, loaded once for all the splits it holds

@@ -45,6 +45,16 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def image_files_under(folder: str | os.PathLike) -> list[str]:
+    """The image files below ``folder`` (followed links included, hidden folders such as .ipynb_checkpoints
+    skipped), sorted by folder, then name."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
+    return out
+
+
 DRAFT_FACTOR = 2  # draft mode keeps at least this many decoded pixels per model pixel along each side
 
 

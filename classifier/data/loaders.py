@@ -31,25 +31,23 @@ augmentation a function of (seed, epoch, sample index), it yields exactly the ta
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from classifier.cache import cache_dir, cache_root, enforce_limit, touch
+from classifier.cache import decoded_key, read_decoded, write_decoded
 from classifier.data.augment import (Preset, apply_pipeline, augment_batch, build_pipeline, preset_pipeline,
                                      resolve_augment)
-from classifier.data.datasets import Samples
+from classifier.data.samples import Samples
 from classifier.data.images import DRAFT_FACTOR, BadImageError, image_size, load_image
 from classifier.errors import ClassifierError
 from classifier.preprocess import Preprocessing, fit_pixels, fitted, to_model_input
+from classifier.tasks import inverse_class_frequency  # noqa: F401 - also imported from here
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +90,6 @@ def default_workers() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, min(8, cpus))
-
-
-def inverse_class_frequency(labels: np.ndarray, num_classes: int = 0) -> np.ndarray:
-    """Per-class weights n / (k x count) over the k classes present (absent classes: 0): every class then
-    carries the same total weight, and a sample weighs 1 on average (``--class-weights auto``)."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
-    present = counts > 0
-    return np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
 
 
 class Loader:
@@ -167,9 +157,20 @@ class InMemoryLoader(Loader):
         self._images = torch.from_numpy(_writable(samples.images))  # N, H, W, C; no copy when possible
         self._labels = torch.from_numpy(samples.labels)
 
+    def to(self, device: torch.device, *, share: float = 0.25) -> bool:
+        """Keep the images on ``device`` (a GPU) when they take at most ``share`` of its free memory, so
+        batches are gathered and augmented there and nothing crosses the bus per step; True if moved."""
+        if device.type != "cuda" or self._images.device == device:
+            return self._images.device == device
+        free, _ = torch.cuda.mem_get_info(device)
+        if self._images.numel() > share * free:
+            return False
+        self._images, self._labels = self._images.to(device), self._labels.to(device)
+        return True
+
     def iter_from(self, batch_index: int):
         for idx in self.batch_indices()[batch_index:]:
-            t = torch.from_numpy(idx)
+            t = torch.from_numpy(idx).to(self._images.device)
             x = self._images[t].permute(0, 3, 1, 2).contiguous()
             x = augment_batch(x, self.augment, seed=self.seed, epoch=self.epoch, indices=idx)
             yield to_model_input(x, self.prep), self._labels[t]
@@ -181,6 +182,7 @@ class StreamingLoader(Loader):
     def __init__(self, samples: Samples, prep: Preprocessing, augment, *, workers: int, fit: bool = False, **kw):
         super().__init__(samples, prep, **kw)
         self.workers = max(0, int(workers))
+        self.pin_memory = False  # set for a CUDA run (engine/build.py): page-locked batches copy asynchronously
         self.dataset = SampleDataset(samples, prep, augment, self.seed, fit=fit)
         self._seen: set[str] = set()
         if isinstance(augment, list) and len(samples):
@@ -192,7 +194,7 @@ class StreamingLoader(Loader):
             return
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=batches, collate_fn=_collate, num_workers=self.workers,
-            worker_init_fn=_worker_init if self.workers else None,
+            worker_init_fn=_worker_init if self.workers else None, pin_memory=self.pin_memory,
         )
         for x, y, bad in loader:
             for path, reason in bad:
@@ -221,7 +223,8 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, epoch = item
-        label = int(self.samples.labels[index])
+        label = self.samples.labels[index]
+        label = int(label) if np.ndim(label) == 0 else label.astype(np.int64)  # a class index, or a 0/1 row
         try:
             image = self._image(index)
         except BadImageError as err:
@@ -298,15 +301,16 @@ def decode_to_memory(samples: Samples, channels: int, *, max_bytes: int | None =
         (h, w), _ = first
     if max_bytes is not None and len(samples) * h * w * channels > max_bytes:
         return None
-    key = _cache_key(samples.paths, channels, fit)
-    cached = _read_cache(key, len(samples), (h, w, channels))
+    fitted_to = f" fit={fit.size} {fit.resize_policy} draft={DRAFT_FACTOR}" if fit is not None else ""
+    key = decoded_key(samples.paths, f"channels={channels}{fitted_to}")
+    cached = read_decoded(key, len(samples), (h, w, channels))
     if cached is None:
         started = time.perf_counter()
         cached = _decode_all(samples.paths, channels, (h, w), fit)
         if cached is None:
             return None  # mixed sizes: stream
         if time.perf_counter() - started > DISK_CACHE_AFTER_SECONDS:
-            _write_cache(key, *cached)
+            write_decoded(key, *cached)
     images, ok = cached
     keep = np.flatnonzero(ok)
     skipped = [samples.paths[i] for i in np.flatnonzero(~ok)]
@@ -350,48 +354,6 @@ def _decode_all(paths: list[str], channels: int, size: tuple[int, int], fit: Pre
     return images, ok
 
 
-def _cache_key(paths: list[str], channels: int, fit: Preprocessing | None = None) -> str:
-    fitted_to = f" fit={fit.size} {fit.resize_policy} draft={DRAFT_FACTOR}" if fit is not None else ""
-    h = hashlib.sha256(f"decoded-v1 channels={channels}{fitted_to}\n".encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{os.path.abspath(p)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{os.path.abspath(p)}\tmissing\n".encode())
-    return h.hexdigest()[:32]
-
-
-def _read_cache(key: str, n: int, shape: tuple):
-    path = cache_root() / "decoded" / f"{key}.npz"
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            images, ok = z["images"], z["ok"]
-        if images.shape == (n, *shape) and images.dtype == np.uint8 and ok.shape == (n,):
-            touch(path)
-            return images, ok.astype(bool)
-    except (OSError, ValueError, KeyError):
-        pass
-    return None
-
-
-def _write_cache(key: str, images: np.ndarray, ok: np.ndarray) -> None:
-    tmp, folder = None, None
-    try:
-        folder = cache_dir("decoded")
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz.tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, ok=ok)
-        os.replace(tmp, folder / f"{key}.npz")
-        enforce_limit(keep=folder / f"{key}.npz")
-    except OSError as err:  # a read-only or full disk is fine: we just decode again next time
-        log.warning("could not save decoded images to %s: %s", folder, err)
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-
-
 def _writable(a: np.ndarray) -> np.ndarray:
     """torch.from_numpy warns on read-only arrays (e.g. np.frombuffer); copy only those."""
     a = np.ascontiguousarray(a)
@@ -404,7 +366,7 @@ def _collate(items):
     if not good:
         return None, None, bad
     x = torch.stack([it[0] for it in good])
-    y = torch.tensor([it[1] for it in good], dtype=torch.int64)
+    y = torch.tensor(np.array([it[1] for it in good]), dtype=torch.int64)
     return x, y, bad
 
 

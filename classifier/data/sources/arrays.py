@@ -12,8 +12,23 @@ import hashlib
 
 import numpy as np
 
-from classifier.data.datasets import ARRAYS_PREFIX, DatasetInfo, Samples
+from classifier.data.samples import DatasetInfo, Samples
+from classifier.data.sources.registry import register_source
 from classifier.errors import ClassifierError
+
+ARRAYS_PREFIX = "arrays:"  # a run trained on in-memory arrays records its dataset as arrays:<fingerprint>
+
+
+@register_source("arrays", takes_path=True, augment="light")
+def load(path, root=None, download=False):
+    """In-memory arrays (dataset=(images, labels)): a dataset string can only name them, not bring them."""
+    raise arrays_needed(ARRAYS_PREFIX + str(path))
+
+
+def arrays_needed(spec: str) -> ClassifierError:
+    """The error for a command that needs the data of an array run it was not given."""
+    return ClassifierError(f"this run was trained on in-memory arrays ({spec}), which a run folder cannot point "
+                           "at: pass the same arrays again (dataset=(images, labels) in the Python API)")
 
 
 def as_uint8_images(images, what: str = "images") -> np.ndarray:
@@ -53,6 +68,8 @@ def arrays_dataset(images, labels, class_names=None) -> tuple[DatasetInfo, dict[
     """A dataset from memory: one official ``train`` split (val and test are carved from it)."""
     images = as_uint8_images(images)
     labels = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    if labels.ndim == 2 and len(labels) == len(images):  # multi-label: a 0/1 matrix (N, classes)
+        return _label_matrix_dataset(images, labels, class_names)
     if labels.ndim != 1 or len(labels) != len(images):
         raise ClassifierError(f"labels must be a 1-d sequence of {len(images)} class indices, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
@@ -71,6 +88,25 @@ def arrays_dataset(images, labels, class_names=None) -> tuple[DatasetInfo, dict[
     pixels = images.reshape(-1, images.shape[3]).astype(np.float64) / 255.0
     info = DatasetInfo(ARRAYS_PREFIX + fingerprint(images, labels), classes, images.shape[3],
                        tuple(images.shape[1:3]), tuple(pixels.mean(0)), tuple(np.maximum(pixels.std(0), 1e-3)))
+    return info, {"train": Samples(labels=labels, images=images, source="train")}
+
+
+def _label_matrix_dataset(images: np.ndarray, labels: np.ndarray, class_names):
+    """``arrays_dataset`` for multi-label data: labels an (N, C) matrix of 0/1, a column per class name."""
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise ClassifierError("a label matrix (N, classes) must hold only 0 and 1")
+    if len(labels) == 0:
+        raise ClassifierError("no images given")
+    if class_names is not None and len(class_names) != labels.shape[1]:
+        raise ClassifierError(f"the label matrix has {labels.shape[1]} columns but {len(class_names)} class names")
+    classes = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(labels.shape[1])]
+    if len(set(classes)) != len(classes):
+        raise ClassifierError(f"class_names must be unique, got {classes}")
+    labels = labels.astype(np.uint8)
+    pixels = images.reshape(-1, images.shape[3]).astype(np.float64) / 255.0
+    info = DatasetInfo(ARRAYS_PREFIX + fingerprint(images, labels), classes, images.shape[3],
+                       tuple(images.shape[1:3]), tuple(pixels.mean(0)), tuple(np.maximum(pixels.std(0), 1e-3)),
+                       multilabel=True)
     return info, {"train": Samples(labels=labels, images=images, source="train")}
 
 
