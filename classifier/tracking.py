@@ -25,7 +25,6 @@ from pathlib import Path
 
 from classifier.fileio import atomic_write_text
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 SUMMARY_METRICS = ("test_accuracy", "val_accuracy", "best_epoch", "train_time_s", "val_loss")
 DEFAULT_EXPERIMENT = "classifier"
 PARAM_LIMIT = 6000  # MLflow's longest parameter value
@@ -121,6 +120,17 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         return self.run_id
 
+    def attach(self, run_id: str) -> None:
+        """Log into an existing MLflow run (e.g. a trained run's export) without changing its status."""
+        def connect():
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.get_run(run_id)
+            self.run_id = run_id
+
+        self._guard("opening the run", connect)
+
     def metrics(self, values: dict, step: int) -> None:
         def log():
             from mlflow.entities import Metric
@@ -168,7 +178,7 @@ class MLflowLogger:
             print(f"MLflow: run {run_id} in experiment '{self.tracker.experiment}' at {self.tracker.uri}", flush=True)
 
     def on_epoch_end(self, run, row: dict) -> None:
-        self.tracker.metrics({k: row.get(k) for k in EPOCH_METRICS}, step=row["epoch"])
+        self.tracker.metrics({k: v for k, v in row.items() if k not in ("epoch", "is_best")}, step=row["epoch"])
 
     def on_train_end(self, run, summary: dict) -> None:
         folder = Path(run.dir)
@@ -193,6 +203,18 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def log_exported(checkpoint, files) -> None:
+    """An export of a run that was logged to MLflow (its folder has mlflow.json): the exported files join
+    that MLflow run's artefacts under export/."""
+    record = _read_json(Path(checkpoint).parent / "mlflow.json")
+    if not record.get("run_id"):
+        return
+    tracker = Tracker(record["tracking_uri"], experiment=record.get("experiment"))
+    tracker.attach(record["run_id"])
+    for path in files:
+        tracker.artifact(Path(path), "export")
 
 
 def add_tracking_callbacks(run) -> None:

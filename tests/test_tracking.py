@@ -42,6 +42,9 @@ def test_mlflow_run_has_params_epochs_test_metrics_and_artefacts(tmp_path):
     assert logged.data.metrics["test_accuracy"] == pytest.approx(run.metrics["accuracy"])
     names = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"best.pt", "config.yaml", "history.csv", "eval"} <= names
+    # an export of the run joins its artefacts
+    onnx = run.model.export()
+    assert f"export/{onnx.name}" in {a.path for a in client.list_artifacts(record["run_id"], "export")}
     # a resume logs on into the same MLflow run
     classifier.train(resume=run.dir, dataset=tiny_arrays(), epochs=3)
     assert [m.step for m in client.get_metric_history(record["run_id"], "val_acc")] == [1, 2, 3]

@@ -20,6 +20,7 @@ from classifier.inference import Predictor
 from classifier.tasks import to_multilabel
 from classifier.models import model_from_checkpoint
 from classifier.preprocess import Preprocessing
+from classifier.tracking import log_exported
 
 
 def export_checkpoint(checkpoint, options: ExportOptions) -> Path:
@@ -42,6 +43,7 @@ def export_checkpoint(checkpoint, options: ExportOptions) -> Path:
     for row, result in zip(rows, timed):
         row.latency_ms = result.median_ms
     print_report(rows, job.data, timed, full_benchmark=options.benchmark)
+    log_exported(ckpt_path, [r.path for r in rows if r.path is not None])  # runs logged with --mlflow
     fp32 = next((r for r in rows if r.name == "ONNX fp32"), None)
     if options.embed_preprocessing and options.dynamic_size and fp32 and fp32.agreement is not None \
             and fp32.agreement < 1:
