@@ -105,7 +105,7 @@ class Timed:
 def torchvision_root(data_dir: str, folder: Path) -> Path:
     """A torchvision dataset root (``folder/FashionMNIST/raw``, unpacked IDX files) made from the files
     the toolkit finds (its data dir, torchvision's layout or the Debian package) or downloads."""
-    from classifier.data.datasets import fashion_mnist_files
+    from classifier.data.sources.fashion_mnist import fashion_mnist_files
 
     raw = folder / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,7 @@ def make_png_folder(out: Path, n: int, data_dir: str) -> Path:
     """``n`` 28x28 gray PNGs of Fashion-MNIST (train, then test images), in class folders."""
     from PIL import Image
 
-    from classifier.data.datasets import FASHION_CLASSES
+    from classifier.data.sources.fashion_mnist import CLASSES as FASHION_CLASSES
 
     done = 0
     for split in ("train", "test"):
@@ -163,6 +163,9 @@ def plain_loop(model: str, mode: str, folder: Path, args) -> dict:
             p.requires_grad_(False)
         for p in head.parameters():
             p.requires_grad_(True)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    net.to(device)
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     criterion = torch.nn.CrossEntropyLoss()
     images, start = 0, time.perf_counter()
@@ -171,10 +174,13 @@ def plain_loop(model: str, mode: str, folder: Path, args) -> dict:
         if mode == "feature-extract":
             net.eval()  # frozen BatchNorm statistics
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
             criterion(net(x), y).backward()
             optimizer.step()
             images += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {"images_per_s": images / seconds, "seconds": seconds}
 
@@ -199,7 +205,7 @@ def toolkit_run(model: str, mode: str, folder: Path, weights: str, work: Path, a
     summary = run_train(["--dataset", f"folder:{folder}", "--model", model, "--mode", mode, "--weights", weights,
                          "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--batch-size",
                          str(args.batch_size), "--project", str(work / "runs"), "--name", name, "--exist-ok",
-                         "--eval-test", "false"], cache=work / f"cache-{name}")
+                         "--eval-test", "false", "--device", args.device], cache=work / f"cache-{name}")
     split = json.loads((work / "runs" / name / "split.json").read_text())
     trained = split["splits"]["train"]["size"] * args.epochs
     total = summary["startup_s"] + summary["train_time_s"]
@@ -235,6 +241,7 @@ def main(argv=None):
     parser.add_argument("--skip-startup", action="store_true")
     parser.add_argument("--data-dir", default="datasets")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (both sides)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="transfer-speed-"))

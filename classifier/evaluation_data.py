@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from classifier.data import Samples, run_splits
-from classifier.data.arrays import arrays_dataset
-from classifier.data.datasets import labelled_folder
+from classifier.data.sources.arrays import arrays_dataset
+from classifier.data.sources.folder import labelled_folder
 from classifier.data.splits import evaluation_split
 from classifier.errors import ClassifierError
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from classifier.data import BadImageError, load_image
-from classifier.data.arrays import arrays_dataset, as_uint8_images
-from classifier.data.datasets import image_files_under
+from classifier.data.sources.arrays import arrays_dataset, as_uint8_images
+from classifier.data.images import image_files_under
 from classifier.data.images import pil_to_array
 from classifier.errors import ClassifierError
 
@@ -71,7 +71,7 @@ def array_images(array) -> np.ndarray:
 
 
 def in_memory_dataset(dataset, class_names=None):
-    """``train``'s ``dataset=(images, labels)`` as (DatasetInfo, official splits) (classifier.data.arrays),
+    """``train``'s ``dataset=(images, labels)`` as (DatasetInfo, official splits) (classifier.data.sources.arrays),
     whose ``info.name`` (``arrays:<fingerprint>``) is the run's dataset setting; None for a dataset name."""
     if isinstance(dataset, (tuple, list)):
         if len(dataset) != 2:

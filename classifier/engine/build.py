@@ -103,7 +103,7 @@ def build_run(cfg: Config, *, given: dict | None = None, resume: str | Path | No
     resume rules: ``cfg`` is then the resumed run's) and, with ``resume``, the state in that run folder's
     last.pt.
 
-    ``arrays``: (DatasetInfo, official splits) of in-memory data (classifier.data.arrays), for runs whose
+    ``arrays``: (DatasetInfo, official splits) of in-memory data (classifier.data.sources.arrays), for runs whose
     dataset is ``arrays:...``. ``callbacks``: {event: [fn, ...]} added after the default loggers.
     """
     given = dict(given or {})
