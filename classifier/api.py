@@ -21,19 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from classifier.config import Config, resolve
-from classifier.data import BadImageError, Samples, load_dataset, load_image, run_splits
+from classifier.data import load_dataset, run_splits
 from classifier.data.check import run_check
 from classifier.engine.lr_finder import LRFinderResult, find_lr_for_config
 from classifier.engine.runtime import global_state_restored
 from classifier.engine.trainer import fit
 from classifier.errors import ClassifierError
-from classifier.evaluation import evaluate_and_report, images_to_uint8_batch
+from classifier.evaluation import evaluate_and_report
 from classifier.evaluation_data import evaluation_samples
 from classifier.inference import CHECKPOINT_SUFFIXES, Predictor
 from classifier.inputs import in_memory_dataset, load_inputs
 from classifier.models import list_models as _registry_list_models
 from classifier.report.notebook import report_html, report_markdown
-from classifier.report.plots import plot_dataset_grid, plot_predictions_grid
+from classifier.report.grids import write_dataset_grid, write_predictions_grid
 from classifier.report.writer import prediction_rows, write_predictions_csv
 
 __all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction",
@@ -171,10 +171,7 @@ class Predictions(list):
         write_predictions_csv(out / "predictions.csv", prediction_rows(names, probs, self.classes, k=topk,
                                                                        label_sets=sets))
         if self._shown:
-            side = min(max(max(im.shape[:2]) for im in self._shown), 128)
-            pred = probs[: len(self._shown)].argmax(1)
-            plot_predictions_grid(out / "predictions.png", images_to_uint8_batch(self._shown, side), pred,
-                                  probs[np.arange(len(self._shown)), pred], self.classes)
+            write_predictions_grid(out / "predictions.png", self._shown, probs, self.classes)
         return out / "predictions.csv"
 
     def __repr__(self) -> str:
@@ -332,18 +329,9 @@ def show_dataset(dataset=None, *, config: str | Path | None = None, save: str | 
     ``train(config, dataset=dataset, **settings)`` would use; returns its path."""
     cfg, _ = resolve(_with_dataset(settings, dataset), config)
     info, official = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
-    samples: Samples = official["train"]
-    picked = np.concatenate([np.flatnonzero(samples.labels == c)[:per_class] for c in range(len(info.classes))])
-    images, labels = [], []
-    for i in picked:
-        try:
-            images.append(samples.images[i] if samples.in_memory else load_image(samples.paths[i], info.channels))
-            labels.append(samples.labels[i])
-        except BadImageError:
-            continue
-    side = min(max(max(im.shape[:2]) for im in images), 96)
-    path = Path(save or f"{_dataset_label(cfg.dataset)}-samples.png")
-    plot_dataset_grid(path, images_to_uint8_batch(images, side), np.array(labels), info.classes, per_class)
+    samples = official["train"]
+    path = write_dataset_grid(Path(save or f"{_dataset_label(cfg.dataset)}-samples.png"), samples, info.classes,
+                              info.channels, per_class)
     print(f"{len(info.classes)} classes, {len(samples)} training images; sample grid written to {path}")
     return path
 

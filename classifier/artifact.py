@@ -67,6 +67,13 @@ metadata_key("tta_flip", "bool", lambda ckpt: bool((ckpt.get("config") or {}).ge
 # (a JSON list in class order); absent or "multiclass" = softmax, the top class
 metadata_key("task", "str", lambda ckpt: ckpt.get("task"))
 metadata_key("thresholds", "json", lambda ckpt: ckpt.get("thresholds"))
+# classifier/trust/: every client of ours divides the logits by ``temperature`` before the softmax (the graph
+# outputs the raw logits); below ``reject_threshold`` of the ``ood_score`` an image is "unknown" (feature
+# scores: the graph's ``ood_score`` output; msp / energy: computed from the divided logits)
+metadata_key("temperature", "float", lambda ckpt: ckpt.get("temperature"))
+metadata_key("ood_score", "str", lambda ckpt: (ckpt.get("ood") or {}).get("score"))
+metadata_key("reject_threshold", "float", lambda ckpt: (ckpt.get("ood") or {}).get("threshold"))
+metadata_key("reject_keep", "float", lambda ckpt: (ckpt.get("ood") or {}).get("keep"))
 # from the exporter (preprocessing_metadata, export_onnx, quantize_int8, the web graph)
 for _name in ("input_size", "mean", "std"):
     metadata_key(_name, "json")

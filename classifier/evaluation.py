@@ -12,14 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from classifier.data import BadImageError, load_image
 from classifier.inference import Predictor
 from classifier.metrics import compute_metrics
 from classifier.preprocess import convert_channels
+from classifier.report.grids import images_to_uint8_batch
+from classifier.report.multilabel import worst_examples, write_multilabel_report
 from classifier.report.writer import prediction_rows, write_evaluation_report
+from classifier.tasks import to_multilabel
 
 GRID_PER_CLASS = 6
 
@@ -92,27 +94,25 @@ def grid_samples(samples, indices, probs, labels, channels: int, per_class: int 
             "y_true": np.where(labels[chosen] >= 0, labels[chosen], -1)}
 
 
-def images_to_uint8_batch(images: list, side: int) -> np.ndarray:
-    """Resize uint8 HWC images to side x side for display."""
-    out = []
-    for im in images:
-        t = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float()
-        if t.shape[-2:] != (side, side):
-            t = F.interpolate(t, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-        out.append(t[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy())
-    return np.stack(out) if out else np.zeros((0, side, side, 1), np.uint8)
-
-
 def evaluate_and_report(predictor: Predictor, samples, out_dir, *, title: str = "", source: str = "",
-                        history=None, batch_size: int = 256, progress: bool = True, figures: bool = True) -> dict:
+                        history=None, batch_size: int = 256, progress: bool = True, figures: bool = True,
+                        threshold: float | None = None) -> dict:
     """Predict every sample, compute the metrics, write the report folder; returns the metrics.
 
     Samples labelled -1 (a class the model does not know) are predicted and listed in predictions.csv
     but kept out of the metrics, and counted in ``metrics["unknown_class_samples"]``. ``figures``: also
-    draw the report's PNG figures.
+    draw the report's PNG figures. The model's task picks the report (``REPORTS``); a multi-label model
+    decides with its fitted thresholds, or ``threshold`` for every class.
     """
+    found = run_predictions(predictor, samples, batch_size=batch_size, progress=progress)
+    return REPORTS[predictor.task.name](predictor, samples, out_dir, *found, title=title, source=source,
+                                        history=history, figures=figures, threshold=threshold)
+
+
+def _multiclass_report(predictor: Predictor, samples, out_dir, probs, labels, indices, skipped, *, title, source,
+                       history, figures, threshold) -> dict:
     classes, channels = predictor.classes, predictor.prep.channels
-    probs, labels, indices, skipped = run_predictions(predictor, samples, batch_size=batch_size, progress=progress)
+    predictor.decision_thresholds(threshold)  # refuses a threshold for a single-label model
     known = labels >= 0
     metrics = compute_metrics(labels[known], probs[known], classes)
     metrics["unknown_class_samples"] = int((~known).sum())
@@ -122,3 +122,31 @@ def evaluate_and_report(predictor: Predictor, samples, out_dir, *, title: str = 
     write_evaluation_report(out_dir, metrics, predictions=rows, sample_images=grid, history=history,
                             title=title, source=source, figures=figures)
     return metrics
+
+
+def _multilabel_report(predictor: Predictor, samples, out_dir, probs, labels, indices, skipped, *, title, source,
+                       history, figures, threshold) -> dict:
+    """Metrics at the model's decision thresholds; single-label samples (a class folder) count as label sets
+    of one class (-1, a class the model does not know: an empty set)."""
+    classes, task = predictor.classes, predictor.task
+    if labels.ndim == 1:
+        labels = np.where(labels[:, None] >= 0, to_multilabel(np.maximum(labels, 0), len(classes)), 0)
+    labels = labels.reshape(len(probs), len(classes)) if len(probs) else np.zeros((0, len(classes)), np.int64)
+    thresholds = predictor.decision_thresholds(threshold)
+    metrics = task.metrics(labels, probs, classes, thresholds)
+    metrics["skipped_files"] = skipped
+    pred = task.decide(probs, thresholds)
+    rows = prediction_rows([sample_name(samples, i) for i in indices], probs, classes, y_true=labels,
+                           label_sets=pred)
+    worst = None
+    if figures:
+        chosen = worst_examples(labels, probs, pred)
+        images = [_read(samples, indices[r], predictor.prep.channels) for r in chosen]
+        side = max((max(im.shape[:2]) for im in images), default=1)
+        worst = (chosen, images_to_uint8_batch(images, min(side, 128)))
+    write_multilabel_report(out_dir, metrics, predictions=rows, probs=probs, labels=labels, pred=pred,
+                            worst_images=worst, history=history, title=title, source=source, figures=figures)
+    return metrics
+
+
+REPORTS = {"multiclass": _multiclass_report, "multilabel": _multilabel_report}  # task name -> report writer

@@ -23,6 +23,9 @@ from classifier.data import load_image
 from classifier.errors import ClassifierError
 from classifier.models import model_from_checkpoint
 from classifier.preprocess import Preprocessing, convert_channels, to_model_input
+from classifier.tasks import DEFAULT_THRESHOLD, TASKS, Task, get_task
+from classifier.trust.explain import CAM_OUTPUT, grad_cam, normalise, to_image
+from classifier.trust.ood import OOD_OUTPUT, ood_from_metadata, ood_scores, score_entry
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
@@ -105,6 +108,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """Class probabilities for images, from a checkpoint or an exported model."""
 
+    # the artifact's task (classifier/tasks.py): softmax and the top class, or per-class sigmoids and the
+    # classes at or above their decision thresholds (multi-label: ``thresholds`` in class order)
+    task: Task = TASKS["multiclass"]
+    thresholds: list | None = None
+    # trust (classifier/trust/): the temperature dividing the logits, the "unknown" rule ({score, threshold,
+    # keep[, stats]}; None: never unknown), the PyTorch model (heat maps, feature scores), and an ONNX graph's
+    # outputs by name (``ood_score``, ``cam`` when exported with them)
+    temperature: float = 1.0
+    ood: dict | None = None
+    model = None
+    graph_outputs = None
+
     def __init__(self, run, prep: Preprocessing, classes: list[str], *, source: str, backend: str,
                  raw_pixels: bool = False, resize_embedded: bool = False, input_shape=None,
                  metadata: dict | None = None, tta_flip: bool = False):
@@ -137,6 +152,8 @@ class Predictor:
                                    tta_flip=bool((ckpt.get("config") or {}).get("tta_flip")))
         predictor.metadata = {"model_name": ckpt["model_name"], "dataset": ckpt.get("dataset"),
                               "config": ckpt.get("config"), "epoch": ckpt.get("epoch")}
+        predictor.set_task(ckpt.get("task"), ckpt.get("thresholds"))
+        predictor.set_trust(ckpt.get("temperature"), ckpt.get("ood"))
         return predictor
 
     @classmethod
@@ -150,7 +167,9 @@ class Predictor:
             with torch.inference_mode():
                 return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
 
-        return cls(run, prep, classes, source=source, backend="torch", tta_flip=tta_flip)
+        predictor = cls(run, prep, classes, source=source, backend="torch", tta_flip=tta_flip)
+        predictor.model = model
+        return predictor
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None) -> "Predictor":
@@ -163,10 +182,50 @@ class Predictor:
         def run(x: np.ndarray) -> np.ndarray:
             return session.run(None, {name: x})[0]
 
-        return cls(run, prep, meta["classes"], source=str(path), backend="onnxruntime",
-                   raw_pixels=bool(meta.get("preprocessing_embedded")),
-                   resize_embedded=bool(meta.get("resize_embedded")), input_shape=list(graph_input.shape),
-                   metadata=meta, tta_flip=bool(meta.get("tta_flip")))
+        predictor = cls(run, prep, meta["classes"], source=str(path), backend="onnxruntime",
+                        raw_pixels=bool(meta.get("preprocessing_embedded")),
+                        resize_embedded=bool(meta.get("resize_embedded")), input_shape=list(graph_input.shape),
+                        metadata=meta, tta_flip=bool(meta.get("tta_flip")))
+        predictor.set_task(meta.get("task"), meta.get("thresholds"))
+        predictor.set_trust(meta.get("temperature"), ood_from_metadata(meta))
+        names = [o.name for o in session.get_outputs()]
+        if len(names) > 1:
+            predictor.graph_outputs = lambda x: dict(zip(names, session.run(None, {name: x})))
+        return predictor
+
+    def set_trust(self, temperature=None, ood: dict | None = None) -> None:
+        """The fitted temperature and "unknown" rule (absent in older files: 1 and none)."""
+        self.temperature = float(temperature) if temperature is not None else 1.0
+        if not self.temperature > 0:
+            raise ClassifierError(f"{self.source} has a bad temperature {temperature} (must be > 0)")
+        self.ood = dict(ood) if ood else None
+        if self.ood and self.ood.get("stats") is not None:
+            self.ood["stats"] = {k: np.asarray(v) for k, v in self.ood["stats"].items()}
+
+    def set_task(self, task: str | None, thresholds=None) -> None:
+        """The artifact's task and decision thresholds (absent in older files: multiclass)."""
+        self.task = get_task(task)
+        if thresholds is not None and len(thresholds) != len(self.classes):
+            raise ClassifierError(f"{self.source} has {len(thresholds)} thresholds for {len(self.classes)} classes")
+        self.thresholds = [float(t) for t in thresholds] if thresholds is not None else None
+
+    def decision_thresholds(self, threshold: float | None = None) -> list[float] | None:
+        """The per-class thresholds predictions use: ``threshold`` for every class when given (``--threshold``),
+        else the fitted ones (multi-label; None for a multiclass model)."""
+        if threshold is not None:
+            if self.task.name == "multiclass":
+                raise ClassifierError(f"a threshold is for multi-label models; {self.source} is single-label "
+                                      "(it predicts its top class)")
+            if not 0.0 <= float(threshold) <= 1.0:
+                raise ClassifierError(f"threshold must be in [0, 1], got {threshold}")
+            return [float(threshold)] * len(self.classes)
+        if self.task.name == "multiclass":
+            return None
+        return self.thresholds or [DEFAULT_THRESHOLD] * len(self.classes)
+
+    def label_sets(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """(N, C) 0/1: the predicted classes of each image (multiclass: the top class)."""
+        return self.task.decide(probs, self.decision_thresholds(threshold))
 
     def prepare(self, images) -> np.ndarray:
         """uint8 images -> the array this model takes (normalised float32, or uint8 pixels if embedded).
@@ -223,9 +282,59 @@ class Predictor:
         if isinstance(images, np.ndarray) and images.ndim != 4:
             raise ClassifierError(f"an image array must be an NHWC batch, got shape {images.shape}; "
                                   "pass a single image as [image]")
-        outputs = [softmax(self.logits(self.to_input(group))) for i in range(0, len(images), batch_size)
-                   for group in image_groups(images[i:i + batch_size])]
+        outputs = [self.task.probabilities(self.logits(self.to_input(group)) / self.temperature)
+                   for i in range(0, len(images), batch_size) for group in image_groups(images[i:i + batch_size])]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict_with_scores(self, images, *, batch_size: int = 64):
+        """(probabilities (N, C), "unknown" scores (N,) or None without a stored rule): one pass per batch.
+        Images scoring below ``self.ood["threshold"]`` are unknown (classifier/trust/ood.py)."""
+        if not self.ood:
+            return self.predict(images, batch_size=batch_size), None
+        probs, scores = [], []
+        for i in range(0, len(images), batch_size):
+            for group in image_groups(images[i:i + batch_size]):
+                x = self.to_input(group)
+                logits = self.logits(x)
+                probs.append(self.task.probabilities(logits / self.temperature))
+                scores.append(self._ood_score(x, logits))
+        if not probs:
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros(0)
+        return np.concatenate(probs), np.concatenate(scores)
+
+    def _ood_score(self, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        name = self.ood["score"]
+        if not score_entry(name).on_features:
+            return ood_scores(name, logits, temperature=self.temperature)
+        if self.model is not None:  # PyTorch: the penultimate features and the statistics in the checkpoint
+            with torch.inference_mode():
+                device = next(self.model.parameters(), torch.empty(0)).device
+                features = self.model.forward_features(torch.from_numpy(x).to(device)).float().cpu().numpy()
+            return ood_scores(name, logits, features, stats=self.ood.get("stats"))
+        if self.graph_outputs is not None:
+            outputs = self.graph_outputs(np.ascontiguousarray(x))
+            if OOD_OUTPUT in outputs:
+                return np.asarray(outputs[OOD_OUTPUT], dtype=np.float64)
+        raise ClassifierError(f"{self.source} names the {name} score but has no '{OOD_OUTPUT}' output: "
+                              "export it again from its checkpoint")
+
+    def heatmaps(self, images) -> list[np.ndarray]:
+        """One heat map per uint8 HWC image, at the image's own height and width, in [0, 1], for the
+        predicted class: Grad-CAM on a PyTorch model, the graph's ``cam`` output on an export with one."""
+        maps = []
+        for image in images:
+            group = image_groups([image])[0]
+            x = self.to_input(group)
+            if self.model is not None:
+                device = next(self.model.parameters(), torch.empty(0)).device
+                small = grad_cam(self.model, torch.from_numpy(x).to(device))[0]
+            elif self.graph_outputs is not None and CAM_OUTPUT in (outputs := self.graph_outputs(x)):
+                small = normalise(np.maximum(outputs[CAM_OUTPUT][0], 0))
+            else:
+                raise ClassifierError(f"heat maps need the checkpoint (.pt) or an export with a '{CAM_OUTPUT}' "
+                                      f"output (export.py --cam); {self.source} has neither")
+            maps.append(to_image(small, group.shape[2], group.shape[3], self.prep))
+        return maps
 
     def predict_files(self, paths, *, batch_size: int = 32) -> np.ndarray:
         """Class probabilities (N, C) for image files (any format and mode Pillow reads)."""

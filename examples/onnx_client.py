@@ -14,7 +14,9 @@ recipe for a deployment in any language:
        (squash when absent: nothing; crop: cut out the centre box; pad: letterbox with grey 114; the box is
        ``policy_window`` below, integer arithmetic) and resize the result to ``input_size``
     2. HWC -> NCHW; if ``preprocessing_embedded`` feed uint8, else (pixel / 255 - mean) / std as float32
-    3. run, softmax the "logits" output, look the index up in ``classes``
+    3. run, softmax the "logits" output, look the index up in ``classes``; a multi-label model
+       (``task`` = ``multilabel``) takes a sigmoid per class instead, and its labels are every class whose
+       probability is at least its entry in ``thresholds`` (a JSON list in class order; maybe none)
 
 The toolkit resizes with torch's antialiased bilinear filter; Pillow's bilinear filter is very close
 but not bit-identical, so images not already at the model's size may differ in the last digits. A
@@ -98,8 +100,16 @@ def classify(session, meta: dict, image_path: str) -> np.ndarray:
     logits = session.run(None, {name: x})[0][0]
     if meta.get("tta_flip") == "true":  # the model was evaluated on each image and its mirror image
         logits = (logits + session.run(None, {name: np.ascontiguousarray(x[..., ::-1])})[0][0]) / 2
+    if meta.get("task") == "multilabel":  # one independent probability per class
+        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     exp = np.exp(logits - logits.max())
     return exp / exp.sum()
+
+
+def label_set(meta: dict, probs: np.ndarray, threshold: float | None = None) -> list[int]:
+    """A multi-label model's predicted classes: probability >= the class's threshold (``threshold``: for all)."""
+    cut = np.full(len(probs), threshold) if threshold is not None else np.asarray(json.loads(meta["thresholds"]))
+    return [int(i) for i in np.flatnonzero(probs >= cut)]
 
 
 def main() -> None:
@@ -107,11 +117,18 @@ def main() -> None:
     parser.add_argument("model", help="model.onnx or model.ort written by export.py")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="multi-label models: this threshold for every class instead of the fitted ones")
     args = parser.parse_args()
     session, meta = load_model(args.model)
     classes = json.loads(meta["classes"])
     for path in args.images:
         probs = classify(session, meta, path)
+        if meta.get("task") == "multilabel":
+            chosen = label_set(meta, probs, args.threshold)
+            print(" ".join(classes[i] for i in chosen) + f"\t{path}\t("
+                  + ", ".join(f"{classes[i]} {probs[i]:.1%}" for i in chosen) + ")")
+            continue
         best = np.argsort(probs)[::-1][: args.top]
         shown = ", ".join(f"{classes[i]} {probs[i]:.1%}" for i in best)
         print(f"{classes[best[0]]}\t{path}\t({shown})")

@@ -2,6 +2,8 @@
 split, and a multi-label run end to end (thresholds saved and applied by every consumer)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,140 @@ def test_carved_split_keeps_every_label_in_train():
         assert sorted(np.concatenate([test, val, train]).tolist()) == list(range(40))
         assert (y[train].sum(0) > 0).all()
         assert len(test) >= 10 and len(val) >= 6
+
+
+# --- a multi-label run end to end ---------------------------------------------------------------------
+import csv as csv_module  # noqa: E402
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+import classifier  # noqa: E402
+from classifier.checkpoint import load_checkpoint  # noqa: E402
+from classifier.data import run_splits  # noqa: E402
+from classifier.inference import Predictor  # noqa: E402
+
+ML_CLASSES = ["blue", "green", "red"]  # sorted, as the CSV source names them
+FAST = dict(model="lenet5", epochs=2, batch_size=16, optimizer="adam", lr=0.01, progress=False, plots=False,
+            tensorboard=False, amp="off", seed=0)
+
+
+def write_multilabel_csv(folder: Path, n: int = 96, seed: int = 0) -> Path:
+    """PNGs whose red / green / blue channels are on or off: labels = the channels on (maybe none)."""
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        on = rng.random(3) < 0.45
+        pixels = np.clip(np.where(on, 200, 25)[None, None, :] + rng.integers(-25, 25, (16, 16, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / "img" / f"{i:03d}.png")
+        labels = " ".join(name for name, flag in zip(("red", "green", "blue"), on) if flag)
+        rows.append((f"img/{i:03d}.png", labels))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv_module.writer(f)
+        writer.writerow(["filename", "labels"])
+        writer.writerows(rows)
+    return folder / "labels.csv"
+
+
+def onnx_client():
+    path = Path(__file__).resolve().parent.parent / "examples" / "onnx_client.py"
+    spec = importlib.util.spec_from_file_location("onnx_client", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ml_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multilabel")
+    labels = write_multilabel_csv(root / "data")
+    run = classifier.train(dataset=f"csv:{labels}", project=str(root / "runs"), name="ml", **FAST)
+    return run, labels
+
+
+def test_run_fits_saves_and_applies_thresholds_everywhere(ml_run, tmp_path):
+    run, labels = ml_run
+    assert run.summary["task"] == "multilabel" and 0 <= run.summary["test_mAP"] <= 1
+    assert run.summary["test_macro_f1"] is not None and run.config.task == "multilabel"
+    ckpt = load_checkpoint(run.dir / "best.pt")
+    assert ckpt["task"] == "multilabel" and len(ckpt["thresholds"]) == 3
+    # fitted on the validation split with best.pt (each class's best F1): refit from the checkpoint's own probs
+    val = run_splits(ckpt["config"], split_file=run.dir / "split.json").splits["val"]
+    predictor = Predictor.load(run.dir / "best.pt")
+    probs = predictor.predict_files(val.paths)
+    np.testing.assert_allclose(ckpt["thresholds"], fit_thresholds(probs, val.labels), atol=1e-5)
+    # predict: labels = classes at or above their thresholds; probs are sigmoids (not summing to 1)
+    files = sorted(str(p) for p in (labels.parent / "img").glob("*.png"))[:24]
+    preds = run.model.predict(files)
+    expected = [[c for c, p, t in zip(ML_CLASSES, row, ckpt["thresholds"]) if p >= t] for row in
+                predictor.predict_files(files)]
+    assert [p.labels for p in preds] == expected and any(len(e) > 1 for e in expected)
+    assert not np.allclose([p.probs.sum() for p in preds], 1.0)
+    assert [p.labels for p in run.model.predict(files, threshold=0.0)] == [ML_CLASSES] * len(files)
+    # test.py writes the same label sets, space-separated
+    from classifier.commands.test import main as test_main
+
+    test_main(["--checkpoint", str(run.dir / "best.pt"), *files, "--output", str(tmp_path / "pred"), "--quiet"])
+    with open(tmp_path / "pred" / "predictions.csv") as f:
+        rows = list(csv_module.DictReader(f))
+    assert [r["labels"].split() for r in rows] == expected
+    # ONNX: logits output + metadata; a client reading only the metadata decides the same
+    onnx_path = run.model.export(tmp_path / "model.onnx")
+    meta = classifier.load(onnx_path).metadata
+    assert meta["task"] == "multilabel" and meta["thresholds"] == pytest.approx(ckpt["thresholds"])
+    assert [p.labels for p in classifier.load(onnx_path).predict(files)] == expected
+    client = onnx_client()
+    session, raw = client.load_model(str(onnx_path))
+    got = [[ML_CLASSES[i] for i in client.label_set(raw, client.classify(session, raw, f))] for f in files]
+    assert got == expected
+
+
+def test_evaluation_reports_multilabel_metrics(ml_run, tmp_path):
+    run, labels = ml_run
+    metrics = json.loads((run.dir / "eval" / "metrics.json").read_text())
+    assert metrics["task"] == "multilabel" and metrics["mAP"] == pytest.approx(run.summary["test_mAP"])
+    assert {"CP", "CR", "CF1", "OP", "OR", "OF1", "hamming_loss", "subset_accuracy"} <= set(metrics)
+    report = classifier.load(run.dir / "best.pt").evaluate(output=tmp_path / "ev", threshold=0.5)
+    assert report.metrics["thresholds"] == [0.5] * 3 and report.metrics["mAP"] == pytest.approx(metrics["mAP"])
+    assert "mAP" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_resume_continues_a_multilabel_run_exactly(ml_run, tmp_path):
+    run, labels = ml_run
+    stop_after_one = {"on_epoch_end": [lambda r, row: r.stop("stopped after epoch 1")]}
+    first = classifier.train(dataset=f"csv:{labels}", project=str(tmp_path), name="r", callbacks=stop_after_one,
+                             **{**FAST, "eval_test": False})
+    assert len(first.history) == 1
+    resumed = classifier.train(resume=first.dir, progress=False)
+    assert [r["val_mAP"] for r in resumed.history] == pytest.approx([r["val_mAP"] for r in run.history])
+    assert load_checkpoint(resumed.dir / "best.pt")["thresholds"] == \
+        pytest.approx(load_checkpoint(run.dir / "best.pt")["thresholds"])
+
+
+def test_arrays_api_takes_a_label_matrix(tmp_path):
+    rng = np.random.default_rng(1)
+    y = (rng.random((64, 3)) < 0.5).astype(int)
+    x = np.clip(np.where(y[:, None, None, :] == 1, 200, 25) + rng.integers(-25, 25, (64, 12, 12, 3)), 0, 255)
+    run = classifier.train(dataset=(x.astype(np.uint8), y), class_names=["r", "g", "b"], task="multilabel",
+                           project=str(tmp_path), **{**FAST, "epochs": 1})
+    assert run.summary["task"] == "multilabel"
+    report = run.model.evaluate((x[:16].astype(np.uint8), y[:16]), output=tmp_path / "ev")
+    assert report.metrics["n_samples"] == 16 and report.metrics["task"] == "multilabel"
+
+
+def test_single_label_csv_trains_as_the_class_folders(tmp_path):
+    from tests.conftest import write_class_images
+
+    folder = write_class_images(tmp_path / "folder", per_class=10, size=16)
+    rows = [(f"{p.parent.name}/{p.name}", p.parent.name) for p in sorted(folder.rglob("*.png"))]
+    with open(folder / "labels.csv", "w", newline="") as f:
+        csv_module.writer(f).writerows([("file", "label"), *rows[::-1]])  # another order than the listing
+    settings = {**FAST, "epochs": 1, "project": str(tmp_path / "runs"), "eval_test": False}
+    a = classifier.train(dataset=f"folder:{folder}", name="folder", **settings)
+    b = classifier.train(dataset=f"csv:{folder / 'labels.csv'}", name="csv", **settings)
+    split_a, split_b = (json.loads((r.dir / "split.json").read_text())["splits"] for r in (a, b))
+    assert split_a == split_b and b.summary["task"] == "multiclass"
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    assert a.history[0]["val_loss"] == b.history[0]["val_loss"]

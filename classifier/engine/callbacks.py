@@ -34,6 +34,7 @@ from classifier.models import model_summary
 from classifier.preprocess import policy_description
 from classifier.report.plots import confusion_matrix_figure, plot_learning_curves
 from classifier.tracking import add_tracking_callbacks
+from classifier.trust.fitting import fit_run_trust
 
 EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
 
@@ -161,6 +162,9 @@ def evaluate_test_split(run, summary: dict) -> None:
     print(f"{split} accuracy {metrics['accuracy']:.2%} on {metrics['n_samples']} images; "
           f"report: {Path(run.dir) / 'eval' / 'report.md'}")
     summary[f"{split}_accuracy"], summary["evaluated_split"] = metrics["accuracy"], split
+    for key in ("ece", "ece_uncalibrated"):  # calibrated (the temperature in best.pt) and raw softmax
+        if metrics.get(key) is not None:
+            summary[f"{split}_{key}"] = metrics[key]
     if run.task.name == "multilabel":  # summary.json's multi-label figures (0-1, like the accuracy)
         summary[f"{split}_mAP"], summary[f"{split}_macro_f1"] = metrics["mAP"], metrics["macro_f1"]
         print(f"{split} mAP {_fmt(metrics['mAP'])}, macro F1 {_fmt(metrics['macro_f1'])} at the fitted thresholds")
@@ -183,6 +187,7 @@ def add_default_callbacks(run) -> None:
         run.callbacks.add("on_epoch_end", write_history)
         if run.cfg.plots:
             run.callbacks.add("on_train_end", plot_curves)
+        run.callbacks.add("on_train_end", fit_run_trust)  # temperature + "unknown" threshold into best.pt
         run.callbacks.add("on_train_end", evaluate_test_split)
         if run.cfg.tensorboard:
             tb = TensorBoardLogger(Path(run.dir) / "tensorboard")

@@ -52,7 +52,7 @@ class FeatureLoader(Loader):
     def __init__(self, source: Loader, features: torch.Tensor):
         self.__dict__.update(copy.copy(source.__dict__))  # order, sharding, drop_last, epoch, skipped
         self.features = features  # (views, N, num_features), N = len(source.samples)
-        self._labels = torch.from_numpy(np.asarray(source.samples.labels, dtype=np.int64))
+        self._labels = torch.from_numpy(np.asarray(source.samples.labels, dtype=np.int64))  # (N,) or (N, C)
 
     @property
     def views(self) -> int:

@@ -5,14 +5,15 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from classifier.data.loaders import inverse_class_frequency
 from classifier.engine.runtime import all_reduce_sum, autocast
 from classifier.errors import ClassifierError
 from classifier.inference import flip_averaged
+from classifier.tasks import Task, get_task
 
 
 @dataclass
@@ -56,14 +57,19 @@ class StepContext:
     desc: str = ""
     class_weights: torch.Tensor | None = None  # per-class loss weights (--class-weights auto), on ``device``
     train_size: tuple | None = None  # progressive resizing: this epoch's (height, width) (None: as loaded)
+    scaler: object = None  # torch.amp.GradScaler under fp16 (runtime.grad_scaler), else None
+    task: Task = field(default_factory=lambda: get_task(None))  # multiclass or multilabel: the loss and training accuracy
     extra: dict = field(default_factory=dict)
 
 
-def loss_class_weights(setting: str, labels, num_classes: int, device: torch.device) -> torch.Tensor | None:
-    """``--class-weights auto``: loss weights from the inverse class frequencies of the training labels."""
+def loss_class_weights(setting: str, labels, num_classes: int, device: torch.device,
+                       task: Task | None = None) -> torch.Tensor | None:
+    """``--class-weights auto``: loss weights from the training labels (the task says how: inverse class
+    frequencies for cross-entropy, negatives / positives per class for binary cross-entropy)."""
     if setting != "auto":
         return None
-    return torch.tensor(inverse_class_frequency(labels, num_classes), dtype=torch.float32, device=device)
+    weights = (task or get_task(None)).loss_weights(labels, num_classes)
+    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def progressive_size(epoch: int, epochs: int, full: tuple[int, int], start: float,
@@ -103,16 +109,36 @@ def training_step(model, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
     x, y = to_device(resized(x, ctx.train_size), y, ctx.device, ctx.channels_last)
     with autocast(ctx.device, ctx.amp_dtype):
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, weight=ctx.class_weights, label_smoothing=ctx.label_smoothing)
+        loss = ctx.task.loss(logits, y, weight=ctx.class_weights, label_smoothing=ctx.label_smoothing)
     value = loss.item()
     if not math.isfinite(value):
         return value, logits, y
     ctx.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if ctx.scaler is None:
+        loss.backward()
+    else:  # fp16: scaled loss; a step whose gradients overflowed is skipped and the scale lowered
+        ctx.scaler.scale(loss).backward()
+        if ctx.grad_clip:
+            ctx.scaler.unscale_(ctx.optimizer)
     if ctx.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip)
-    ctx.optimizer.step()
+    if ctx.scaler is None:
+        ctx.optimizer.step()
+    else:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
     return value, logits, y
+
+
+def fall_back_from_fp16(ctx: StepContext, loss: float, step: int) -> bool:
+    """fp16 that gives a non-finite loss (some cards' fp16 kernels return NaN; Ultralytics keeps a list of
+    them) falls back to fp32 for the rest of the run, with a message, instead of stopping; True if it did."""
+    if ctx.amp_dtype != torch.float16:
+        return False
+    print(f"fp16 gave a loss of {loss} at step {step + 1}: continuing in fp32 (this device's fp16 is not "
+          "reliable here; --amp off or --amp bf16 avoids the retry)", flush=True)
+    ctx.amp_dtype, ctx.scaler = None, None
+    return True
 
 
 def train_one_epoch(model, loader, ctx: StepContext, *, step: int, start_batch: int = 0,
@@ -131,11 +157,13 @@ def train_one_epoch(model, loader, ctx: StepContext, *, step: int, start_batch: 
         if ctx.lr_at is not None:
             ctx.lr_at(step)
         loss, logits, y = training_step(model, x, y, ctx)
+        if not math.isfinite(loss) and fall_back_from_fp16(ctx, loss, step):
+            loss, logits, y = training_step(model, x, y, ctx)  # the same batch again, in fp32
         if not math.isfinite(loss):
             raise ClassifierError(f"loss became {loss} at step {step + 1} (epoch batch {batch_index}); "
                                   "training stopped, the last good checkpoint is kept")
         step += 1
-        sums.add(loss, (logits.argmax(1) == y).sum().item(), y.numel())
+        sums.add(loss, ctx.task.correct(logits, y), len(y))
         sums.seconds += time.perf_counter() - started
         started = time.perf_counter()
         if ctx.show_progress:
@@ -154,30 +182,53 @@ def eval_logits(model, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device: torch.device, *, amp_dtype=None, channels_last=False, tta_flip=False) -> dict:
-    """Mean loss and accuracy over the loader, summed across processes when distributed."""
+def evaluate(model, loader, device: torch.device, *, amp_dtype=None, channels_last=False, tta_flip=False,
+             task: Task | None = None) -> dict:
+    """Mean loss and accuracy over the loader, summed across processes when distributed; a multi-label task
+    also returns the task's validation figures (mAP) and the probabilities and labels they came from
+    (gathered from every process), which fit the decision thresholds."""
+    task = task or get_task(None)
     model.eval()
     loss = correct = count = 0.0
+    kept = task.validates_on_probabilities  # mAP needs every probability, not sums
+    probs, labels = [], []
     for x, y in loader:
         x, y = to_device(x, y, device, channels_last)
         with autocast(device, amp_dtype):
             logits = eval_logits(model, x, tta_flip)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        count += y.numel()
+        loss += task.loss(logits, y, reduction="sum").item()
+        correct += task.correct(logits, y)
+        count += len(y)
+        if kept:
+            probs.append(task.torch_probabilities(logits).cpu())
+            labels.append(y.cpu())
     loss, correct, count = all_reduce_sum([loss, correct, count], device)
-    return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+    out = {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+    if kept and count:
+        p, y = gather_rows(torch.cat(probs).numpy(), torch.cat(labels).numpy())
+        out.update(task.validation(p, y), probs=p, labels=y)
+    return out
+
+
+def gather_rows(*arrays):
+    """Concatenate each array's rows over the processes (as they are when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return arrays
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, arrays)
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(len(arrays)))
 
 
 @torch.inference_mode()
-def predict(model, loader, device: torch.device, *, amp_dtype=None, channels_last=False, tta_flip=False):
-    """Softmax probabilities and labels for every sample of the loader, in loader order."""
+def predict(model, loader, device: torch.device, *, amp_dtype=None, channels_last=False, tta_flip=False,
+            task: Task | None = None):
+    """Probabilities (softmax; sigmoid for a multi-label task) and labels for every sample of the loader."""
     model.eval()
     probs, labels = [], []
     for x, y in loader:
         x, _ = to_device(x, y, device, channels_last)
         with autocast(device, amp_dtype):
             logits = eval_logits(model, x, tta_flip)
-        probs.append(torch.softmax(logits, 1).cpu())
+        probs.append((task or get_task(None)).torch_probabilities(logits).cpu())
         labels.append(y.cpu())
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()

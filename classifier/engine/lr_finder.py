@@ -30,6 +30,7 @@ import torch
 
 from classifier.engine.build import build_run
 from classifier.engine.loop import StepContext, loss_class_weights, training_step
+from classifier.tasks import get_task, resolve_task
 from classifier.engine.optim import set_lr
 from classifier.engine.runtime import amp_dtype, get_rng_state, select_device, set_rng_state, use_channels_last
 from classifier.errors import ClassifierError
@@ -230,9 +231,10 @@ def step_context(cfg, model, optimizer, loader) -> StepContext:
     channels_last = use_channels_last(cfg.channels_last, model, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    weights = loss_class_weights(cfg.class_weights, loader.samples.labels, model.num_classes, device)
+    task = get_task(resolve_task(getattr(cfg, "task", None), loader.samples.labels))  # BCE for multi-label
+    weights = loss_class_weights(cfg.class_weights, loader.samples.labels, model.num_classes, device, task)
     return StepContext(optimizer, device, amp_dtype(cfg.amp, device), cfg.label_smoothing, cfg.grad_clip,
-                       channels_last, class_weights=weights)
+                       channels_last, class_weights=weights, task=task)
 
 
 def find_lr_for_config(cfg, *, plot_path=None, **options) -> LRFinderResult:

@@ -28,6 +28,7 @@ from classifier.engine.optim import lr_factor, set_lr
 from classifier.errors import ClassifierError
 from classifier.fileio import atomic_write_text
 from classifier.startup import seconds_since_start
+from classifier.tasks import DEFAULT_THRESHOLD
 from classifier.models import freeze_backbone, model_entry, unfreeze_backbone
 
 
@@ -61,35 +62,51 @@ def train(run: Run) -> dict:
     return finish(run)
 
 
+# Ctrl-C, and what schedulers send before they kill: SIGTERM (Kubernetes, spot machines, SLURM's scancel)
+# and SIGUSR1 (SLURM's --signal=USR1@SECONDS, before the end of a job's time)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
 class _interrupt_saves_progress:
-    """SIGINT sets a flag that the loop checks after each optimiser step: the step finishes, last.pt gets
-    the unfinished epoch, and KeyboardInterrupt follows. A second Ctrl-C interrupts at once."""
+    """SIGINT, SIGTERM or SIGUSR1 sets a flag that the loop checks after each optimiser step: the step
+    finishes, last.pt gets the unfinished epoch, and KeyboardInterrupt follows (the CLI exits 130 with the
+    resume command, no traceback). A second Ctrl-C interrupts at once. Under torchrun the flag is summed
+    over the processes after each step, so every rank stops after the same step, whichever got the signal."""
 
     def __init__(self, run: Run):
-        self.run, self.previous = run, None
-        self.requested = False
+        self.run, self.previous = run, {}
+        self.requested = None  # the name of the signal that asked, e.g. "SIGTERM"
         self.progress = None  # (step, batches done in the epoch, EpochSums) after the newest step
 
     def __enter__(self):
         self.run.interrupt = self
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+        self.requested = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, self.previous.get(signal.SIGINT) or signal.default_int_handler)
 
     def __exit__(self, kind, error, tb):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
         if kind is not None and self.requested and not isinstance(error, KeyboardInterrupt):
             self.save_and_stop()  # e.g. a data-loading worker that died of the same Ctrl-C
         return False
 
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (every rank calls this after the same step)."""
+        if self.run.dist.enabled:
+            anyone = runtime.all_reduce_sum([1.0 if self.requested else 0.0], self.run.device)[0] > 0
+            if anyone and not self.requested:
+                self.requested = "a signal to another process"
+        return bool(self.requested)
+
     def check(self, step: int, batch_done: int, sums: EpochSums) -> None:
         self.progress = (step, batch_done, sums)
-        if self.requested:
+        if self.agreed():
             self.save_and_stop()
 
     def save_and_stop(self):
@@ -97,7 +114,7 @@ class _interrupt_saves_progress:
         if self.progress is not None and run.state.step < self.progress[0]:
             _save_progress(run, *self.progress)
         if run.dist.is_main:
-            print(f"\ninterrupted: {run.dir / 'last.pt'} holds epoch {run.state.epoch + 1}, batch "
+            print(f"\ninterrupted ({self.requested}): {run.dir / 'last.pt'} holds epoch {run.state.epoch + 1}, batch "
                   f"{run.state.batch_in_epoch} (step {run.state.step}); resume with:\n"
                   f"  python train.py --resume {run.dir}", flush=True)
         raise KeyboardInterrupt
@@ -141,7 +158,8 @@ def _train_epochs(run: Run) -> None:
     ctx = StepContext(run.optimizer, run.device, run.amp_dtype, cfg.label_smoothing, cfg.grad_clip,
                       channels_last, lr_at, on_step, show_progress=cfg.progress and run.dist.is_main,
                       class_weights=loss_class_weights(cfg.class_weights, loaders["train"].samples.labels,
-                                                       len(run.data.classes), run.device))
+                                                       len(run.data.classes), run.device, run.task),
+                      scaler=run.scaler, task=run.task)
     smallest = max(8, model_entry(cfg.model).min_size)  # progressive resizing never goes below it
     for epoch in range(state.epoch, cfg.epochs):
         _set_finetune_phase(run, epoch)
@@ -153,11 +171,12 @@ def _train_epochs(run: Run) -> None:
         sums = EpochSums(**state.epoch_sums) if state.batch_in_epoch else None
         sums, state.step = train_one_epoch(train_model, train_loader, ctx, step=state.step,
                                            start_batch=state.batch_in_epoch, sums=sums)
+        run.amp_dtype, run.scaler = ctx.amp_dtype, ctx.scaler  # fp16 may have fallen back to fp32
         val = evaluate(val_model, val_loader, run.device, amp_dtype=run.amp_dtype, channels_last=val_channels_last,
-                       tta_flip=cfg.tta_flip)
+                       tta_flip=cfg.tta_flip, task=run.task)
         if _end_epoch(run, epoch, sums, val, ctx.train_size):
             break
-        if run.interrupt.requested:
+        if run.interrupt.agreed():
             run.interrupt.save_and_stop()
 
 
@@ -180,19 +199,27 @@ def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict, train_size=None
     seconds /= run.dist.world_size
     state.train_time_s += seconds
     has_val = val["count"] > 0  # without a validation split (--val-fraction 0) the newest epoch is best.pt
-    is_best = not has_val or val["loss"] < state.best_val_loss
+    # the task's score picks best.pt: the validation loss (multiclass), 1 - mAP (multilabel)
+    score = run.task.score(val) if has_val else None
+    best_so_far = state.best_score if state.best_score is not None else state.best_val_loss
+    is_best = not has_val or score < best_so_far
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
            "val_loss": val["loss"] if has_val else None, "val_acc": val["acc"] if has_val else None,
            "lr": run.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
            "images_per_s": count / max(seconds, 1e-9)}
     if train_size is not None:  # progressive resizing: printed with the epoch, not a history.csv column
         row["train_size"] = list(train_size)
+    if has_val and "mAP" in val:
+        row["val_mAP"] = val["mAP"]
     state.history.append(row)
     state.epoch, state.batch_in_epoch, state.epoch_sums = epoch + 1, 0, {}
     if is_best:
         state.best_epoch, state.bad_epochs = epoch + 1, 0
         if has_val:
             state.best_val_loss = val["loss"]
+            state.best_score = score
+        if run.task.validates_on_probabilities:  # multi-label: thresholds fitted on this epoch's validation
+            state.thresholds = fitted_thresholds(run, val)
     else:
         state.bad_epochs += 1
     if is_best:
@@ -200,10 +227,20 @@ def _end_epoch(run: Run, epoch: int, sums: EpochSums, val: dict, train_size=None
     save_training_checkpoint(run, "last.pt")
     run.callbacks.fire("on_epoch_end", run, {**row, "is_best": is_best})
     if cfg.early_stopping and state.bad_epochs >= cfg.early_stopping:
-        run.stop(f"early stopping: no lower validation loss for {state.bad_epochs} epochs")
+        run.stop(f"early stopping: no {run.task.selection} for {state.bad_epochs} epochs")
     if run.stop_reason and run.dist.is_main:
         print(run.stop_reason, flush=True)
     return run.stop_reason is not None
+
+
+def fitted_thresholds(run: Run, val: dict) -> list[float] | None:
+    """Per-class decision thresholds: ``--threshold`` for every class, else fitted on the validation
+    probabilities (each class's best F1; the default for a class absent from validation)."""
+    if run.cfg.threshold is not None:
+        return [float(run.cfg.threshold)] * len(run.data.classes)
+    if "probs" not in val:  # no validation images
+        return [DEFAULT_THRESHOLD] * len(run.data.classes)
+    return run.task.fit_thresholds(val["probs"], val["labels"])
 
 
 def checkpoint_payload(run: Run, *, with_optimizer: bool = True) -> dict:
@@ -224,12 +261,17 @@ def checkpoint_payload(run: Run, *, with_optimizer: bool = True) -> dict:
         "step": run.state.step,
         "best_val_loss": run.state.best_val_loss,
         "state": dataclasses.asdict(run.state),
+        "task": run.task.name,
     }
+    if run.state.thresholds is not None:  # multi-label decision thresholds, in class order
+        payload["thresholds"] = list(run.state.thresholds)
     if with_optimizer:
         if run.ema is not None:
             payload["trained_model"] = _cpu_state(run.raw_model)
         payload["optimizer"] = run.optimizer.state_dict()
         payload["rng"] = runtime.get_rng_state()
+        if run.scaler is not None:
+            payload["grad_scaler"] = run.scaler.state_dict()
     return payload
 
 
@@ -253,14 +295,19 @@ def save_training_checkpoint(run: Run, name: str, *, with_optimizer: bool = True
 def finish(run: Run) -> dict:
     """After training: on_train_end (end-of-run evaluation, curves, loggers), then summary.json (rank 0)."""
     summary = {
-        "model": run.cfg.model, "mode": run.cfg.mode, "dataset": run.cfg.dataset,
+        "model": run.cfg.model, "mode": run.cfg.mode, "dataset": run.cfg.dataset, "task": run.task.name,
         "params": sum(p.numel() for p in run.raw_model.parameters()),
         "trainable_params": sum(p.numel() for p in run.raw_model.parameters() if p.requires_grad),
         "epochs": run.state.epoch, "best_epoch": run.state.best_epoch,
         "val_loss": run.state.best_val_loss if math.isfinite(run.state.best_val_loss) else None,
         "train_time_s": run.state.train_time_s,
         "startup_s": run.startup_s,
+        "amp": runtime.AMP_NAMES[run.amp_dtype],
     }
+    if run.scaler is not None:
+        summary["grad_scale"] = run.scaler.get_scale()
+    if run.device.type == "cuda":
+        summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1)
     best = Path(run.dir) / "best.pt"
     summary["size_bytes"] = best.stat().st_size if best.exists() else None
     run.callbacks.fire("on_train_end", run, summary)

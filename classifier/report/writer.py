@@ -32,19 +32,28 @@ def topk_string(probs_row, classes, k: int = 5) -> str:
     return ";".join(f"{classes[i]}:{probs_row[i]:.4f}" for i in order)
 
 
-def prediction_rows(names, probs, classes, y_true=None, k: int = 5) -> list[dict]:
+def prediction_rows(names, probs, classes, y_true=None, k: int = 5, label_sets=None) -> list[dict]:
     """Rows for ``write_predictions_csv``: file (or index), true name ("" if unknown), pred, confidence, topk.
 
     names: one identifier per sample (file path or index). y_true: int labels, or None for
-    unlabelled images (negative labels also mean unknown).
+    unlabelled images (negative labels also mean unknown); a 0/1 matrix for multi-label data (the true
+    label set, space-separated). label_sets: (N, C) 0/1 predicted label sets of a multi-label model: a
+    ``labels`` column (space-separated, maybe empty) after ``true``.
     """
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(axis=1)
+    as_names = lambda row: " ".join(classes[c] for c in np.flatnonzero(row))  # noqa: E731
     rows = []
     for i, name in enumerate(names):
-        true = "" if y_true is None or int(y_true[i]) < 0 else classes[int(y_true[i])]
-        rows.append({"file": str(name), "true": true, "pred": classes[pred[i]],
-                     "confidence": float(probs[i, pred[i]]), "topk": topk_string(probs[i], classes, k)})
+        if y_true is not None and np.ndim(y_true[i]):
+            true = as_names(y_true[i])
+        else:
+            true = "" if y_true is None or int(y_true[i]) < 0 else classes[int(y_true[i])]
+        row = {"file": str(name), "true": true}
+        if label_sets is not None:
+            row["labels"] = as_names(label_sets[i])
+        rows.append({**row, "pred": classes[pred[i]], "confidence": float(probs[i, pred[i]]),
+                     "topk": topk_string(probs[i], classes, k)})
     return rows
 
 

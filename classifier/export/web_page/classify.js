@@ -184,6 +184,21 @@
     return exps.map((value) => value / sum);
   }
 
+  // multi-label models (metadata task "multilabel"): one sigmoid per class; the labels are the classes at
+  // or above their fitted thresholds (metadata "thresholds", in class order), as the toolkit decides
+  function sigmoid(logits) {
+    return Array.from(logits, (value) => 1 / (1 + Math.exp(-value)));
+  }
+
+  function isMultilabel(meta) {
+    return meta.task === 'multilabel';
+  }
+
+  function labelSet(meta, probs) {
+    const cuts = Array.isArray(meta.thresholds) ? meta.thresholds : probs.map(() => 0.5);
+    return probs.map((p, i) => i).filter((i) => probs[i] >= cuts[i]);
+  }
+
   async function classifyCanvas(canvas) {
     const {session, meta} = state;
     const pixels = modelPixels(canvas, meta.channels);
@@ -195,7 +210,7 @@
     if (logits.length !== meta.classes.length) {
       throw new PageError(`the model gave ${logits.length} outputs for ${meta.classes.length} classes in its metadata`);
     }
-    return {probs: softmax(logits), ms};
+    return {probs: isMultilabel(meta) ? sigmoid(logits) : softmax(logits), ms};
   }
 
   function render(item) {
@@ -209,13 +224,19 @@
     if (item.error) {
       figure.dataset.error = item.error;
       delete figure.dataset.probs;
+      delete figure.dataset.labels;
       caption.insertAdjacentHTML('beforeend', `<div>Cannot read this image: ${escapeHtml(item.error)}</div>`);
     } else {
       const {probs, ms} = item.result;
       figure.dataset.probs = JSON.stringify(probs);
       figure.dataset.model = state.entry.precision;
       figure.dataset.backend = state.backend;
-      const order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]).slice(0, state.page.topk);
+      const multilabel = isMultilabel(state.meta);
+      const chosen = multilabel ? labelSet(state.meta, probs) : null;
+      if (multilabel) figure.dataset.labels = JSON.stringify(chosen.map((i) => state.meta.classes[i]));
+      const order = multilabel ? chosen.slice().sort((a, b) => probs[b] - probs[a])
+        : probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]).slice(0, state.page.topk);
+      if (multilabel && !order.length) caption.insertAdjacentHTML('beforeend', '<div class="nolabel">no label</div>');
       caption.insertAdjacentHTML('beforeend', '<ol>' + order.map((i) =>
         `<li>${escapeHtml(state.meta.classes[i])} ${(100 * probs[i]).toFixed(1)}%` +
         `<span class="bar" style="width:${Math.round(60 * probs[i])}px"></span></li>`).join('') + '</ol>' +
