@@ -206,3 +206,17 @@ def test_restarted_job_reuses_the_first_attempts_folder(tmp_path):
     (first / "config.yaml").touch()
     assert make_run_dir(cfg, Dist(), latest=True) == first  # not job3
     assert make_run_dir(cfg, Dist()).name == "job3"  # a new job still gets a new folder
+
+
+def test_finetune_with_head_warmup_under_ddp(ddp_run, colours):
+    """The head warm-up freezes the backbone after DDP has wrapped the model: without find_unused_parameters the
+    second step fails ("Expected to have finished reduction in the prior iteration"); the backbone then trains
+    from epoch 2 on, its gradients reduced like the rest (both processes end with the same weights, saved once)."""
+    run, _ = ddp_run
+    project = colours.parent / "runs-ddp-finetune"
+    torchrun("train.py", "--dataset", f"folder:{colours}", "--project", str(project), "--name", "ft",
+             *as_flags({**CONFIG, "epochs": 2}), "--mode", "finetune", "--weights", str(run / "best.pt"),
+             "--head-warmup-epochs", "1", "--eval-test", "false", "--plots", "false", "--tensorboard", "false")
+    before, after = load_checkpoint(run / "best.pt")["model"], load_checkpoint(project / "ft" / "last.pt")["model"]
+    backbone = [k for k in after if k.startswith("backbone.") and after[k].is_floating_point()]
+    assert backbone and any(not torch.equal(before[k], after[k]) for k in backbone)  # trained after the warm-up

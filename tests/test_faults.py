@@ -105,7 +105,7 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-if what == "step":  # right after optimiser step N
+if what in ("step", "SIGTERM", "SIGUSR1"):  # right after optimiser step N: SIGKILL, or a scheduler's signal
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     steps = []
@@ -113,7 +113,7 @@ if what == "step":  # right after optimiser step N
     def count_then_die(optimizer, args, kwargs):
         steps.append(1)
         if len(steps) == int(n):
-            die()
+            die() if what == "step" else os.kill(os.getpid(), getattr(signal, what))
 
     register_optimizer_step_post_hook(count_then_die)
 elif what == "epoch":  # right after the end-of-epoch-N checkpoint is written
@@ -135,11 +135,11 @@ RUN = ["--model", "lenet5-dropout", "--epochs", "3", "--batch-size", "8", "--aug
 TIMING = ("epoch_time_s", "images_per_s")
 
 
-def train(*args, kill=None):
+def train(*args, kill=None, code=None):
     env = {**ENV, **({"KILL_AT": kill} if kill else {})}
     proc = subprocess.run([sys.executable, "-c", TRAIN, *map(str, args)], env=env, cwd=ROOT, text=True,
                           capture_output=True, timeout=300)
-    assert proc.returncode == (KILLED if kill else 0), proc.stderr[-2000:]
+    assert proc.returncode == (code if code is not None else KILLED if kill else 0), proc.stderr[-2000:]
     return proc
 
 
@@ -179,6 +179,21 @@ def test_sigkill_then_resume_ends_bit_identical(runs, kill, saved):
     ckpt = load_checkpoint(run / "last.pt")
     assert (ckpt["epoch"], ckpt["step"], ckpt["state"]["batch_in_epoch"]) == saved
     assert "resuming lenet5-dropout" in train("--resume", run).stdout
+    assert_same_run(project / "straight", run)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_scheduler_signal_saves_mid_epoch_like_ctrl_c_then_resumes_bit_identical(runs, sig):
+    """SIGTERM (spot machines, Kubernetes) and SIGUSR1 (SLURM before the time limit) save the unfinished
+    epoch after the step in flight, print the resume command and exit 130 without a traceback."""
+    project, common = runs
+    done = train(*common, "--name", sig, kill=f"{sig}:7", code=130)
+    run = project / sig
+    assert f"interrupted ({sig})" in done.stdout and f"--resume {run}" in done.stdout
+    assert "Traceback" not in done.stderr
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"], ckpt["state"]["batch_in_epoch"]) == (1, 7, 2)  # step 7 kept
+    train("--resume", run)
     assert_same_run(project / "straight", run)
 
 
