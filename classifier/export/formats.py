@@ -33,6 +33,7 @@ from classifier.export.web import export_web
 from classifier.flags import declared_types, flag_name, flag_spec
 from classifier.inference import Predictor
 from classifier.preprocess import Preprocessing
+from classifier.trust.graph import trust_graph
 
 
 # --- the options: one field per flag ------------------------------------------------------------------
@@ -66,6 +67,8 @@ class ExportOptions:
     opset: int | None = option(help=f"ONNX opset (default: {DEFAULT_OPSET})")
     data_dir: str | None = option(help="dataset folder (default: the one the run was trained with)")
     serve: bool = option(False, help="web: serve the page on localhost until Ctrl+C")
+    cam: bool = option(False, help="onnx: a second output 'cam', the class activation map of the top class at "
+                                   "the feature resolution (nets with global average pooling + linear head)")
     # older spellings, kept working for scripts and notebooks
     quantize: str | None = option(help="same as adding int8 to --format", metavar="int8")
     mobile: str | None = option(help="same as adding ort to --format, with --ort-target TARGET (default arm)",
@@ -79,7 +82,7 @@ class ExportOptions:
         for name in options:
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=1)
-                raise ClassifierError(f"unknown export option '{name}'"
+                raise ClassifierError(f"export: unexpected keyword argument '{name}'"
                                       + (f"; did you mean '{close[0]}'?" if close else ""))
         return cls(**{name: cls.convert(name, value) for name, value in options.items()})
 
@@ -192,8 +195,9 @@ class ExportFormat:
 def build_onnx(job: ExportJob) -> Path:
     opts = job.options
     out = Path(opts.output) if opts.output else job.checkpoint.parent / "model.onnx"
-    export_onnx(job.model, job.prep, job.metadata, out, dynamic_size=opts.dynamic_size,
-                embed_preprocessing=opts.embed_preprocessing, opset=opts.opset)
+    net, outputs = trust_graph(job.model, job.ckpt, cam=opts.cam)  # + ood_score / cam outputs (classifier/trust/)
+    export_onnx(net, job.prep, job.metadata, out, dynamic_size=opts.dynamic_size,
+                embed_preprocessing=opts.embed_preprocessing, opset=opts.opset, outputs=outputs)
     print(f"exported {out} ({job.ckpt['model_name']}, input {job.prep.channels}x{job.prep.size[0]}x"
           f"{job.prep.size[1]}{' uint8 pixels' if opts.embed_preprocessing else ''}; data: {job.data.note})")
     job.rows.append(Row("ONNX fp32", out, max_diff=verified(out, job.model, job) if opts.verify else None))
