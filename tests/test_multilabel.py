@@ -94,6 +94,7 @@ def test_carved_split_keeps_every_label_in_train():
 # --- a multi-label run end to end ---------------------------------------------------------------------
 import csv as csv_module  # noqa: E402
 import importlib.util  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from PIL import Image  # noqa: E402
@@ -102,6 +103,7 @@ import classifier  # noqa: E402
 from classifier.checkpoint import load_checkpoint  # noqa: E402
 from classifier.data import run_splits  # noqa: E402
 from classifier.inference import Predictor  # noqa: E402
+from tests.test_web import browser  # noqa: E402,F401 - the headless Chromium fixture
 
 ML_CLASSES = ["blue", "green", "red"]  # sorted, as the CSV source names them
 FAST = dict(model="lenet5", epochs=2, batch_size=16, optimizer="adam", lr=0.01, progress=False, plots=False,
@@ -226,3 +228,32 @@ def test_single_label_csv_trains_as_the_class_folders(tmp_path):
     assert split_a == split_b and b.summary["task"] == "multiclass"
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
     assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
+
+
+def test_browser_page_shows_the_label_sets(ml_run, browser, tmp_path):
+    """The web page (headless Chromium) decides with the fitted thresholds as predict does."""
+    from classifier.export import web
+    from tests.test_web import open_page, runtime_or_skip, wait_for
+
+    run, labels = ml_run
+    runtime_or_skip()
+    page = run.model.export_web(tmp_path / "site" / "page")
+    files = sorted((labels.parent / "img").glob("*.png"))[:12]
+    expected = [p.labels for p in run.model.predict([str(f) for f in files])]
+    assert any(len(e) > 1 for e in expected) or any(not e for e in expected)
+    server = web.make_server(page.parent, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        state, message = open_page(browser, web.server_url(server) + "page/")
+        assert state == "ready", message
+        browser.find_element("id", "file-input").send_keys("\n".join(str(f) for f in files))
+        wait_for(browser, f"document.querySelectorAll('.result[data-probs]').length === {len(files)}")
+        got = browser.execute_script("return Array.from(document.querySelectorAll('.result'), "
+                                     "f => [f.dataset.file, f.dataset.labels, f.dataset.probs])")
+    finally:
+        server.shutdown()
+        server.server_close()
+    by_name = {name: (json.loads(chosen), json.loads(probs)) for name, chosen, probs in got}
+    assert [sorted(by_name[f.name][0]) for f in files] == [sorted(e) for e in expected]
+    reference = Predictor.load(run.dir / "best.pt").predict_files(files)
+    np.testing.assert_allclose([by_name[f.name][1] for f in files], reference, atol=1e-4)
