@@ -31,23 +31,25 @@ import numpy as np
 from PIL import Image
 
 from classifier.cache import cache_dir, cache_root, enforce_limit, touch
+from classifier.data.duplicates import PRINTED_PAIRS, THUMB, near_duplicate_report, thumbnail, thumbnails
 from classifier.data.samples import Samples
 from classifier.data.images import BadImageError, load_image
 from classifier.data.loaders import default_workers
 from classifier.fileio import atomic_target
 
 FORMAT = "classifier-data-check/1"
-CHECK_VERSION = "classifier-check-cache/3"  # change when the per-file checks change: old results are then unused
+CHECK_VERSION = "classifier-check-cache/4"  # change when the per-file checks change: old results are then unused
 IMBALANCE_HINT = 3.0  # from this ratio on, the summary suggests --class-weights auto / --sampler balanced
 _SAME_FORMAT = {"MPO": "JPEG"}  # multi-picture JPEGs (phone photos) are JPEGs
 _SHOWN = 5  # examples per problem in the console summary
 
 
-def check_splits(classes: list[str], splits: dict[str, Samples]) -> dict:
-    """The check report (plain JSON-able data) for ``{split name: Samples}``."""
+def check_splits(classes: list[str], splits: dict[str, Samples], *, figure: str | os.PathLike | None = None) -> dict:
+    """The check report (plain JSON-able data) for ``{split name: Samples}``; ``figure``: a PNG of the
+    closest near-duplicate pairs (data/duplicates.py) is written there when there are any."""
     counts = {name: s.class_counts(len(classes)).tolist() for name, s in splits.items()}  # multi-label too
     train = counts.get("train") or [0]
-    modes, sizes, unreadable, wrong_ext, readable = Counter(), Counter(), [], [], []
+    modes, sizes, unreadable, wrong_ext, readable, thumbs = Counter(), Counter(), [], [], [], []
     caches = {}  # folder -> its CheckCache, loaded once for all the splits it holds
     for name, samples in splits.items():
         ids, facts = _ids(samples), _inspect(samples, caches)
@@ -59,9 +61,11 @@ def check_splits(classes: list[str], splits: dict[str, Samples]) -> dict:
         sizes.update({f"{w}x{h}": k for (w, h), k in zip(found.tolist(), n.tolist())})
         wrong_ext += [{"split": name, "file": ids[i], "format": str(facts.fmt[i])} for i in _misnamed(ids, facts, ok)]
         readable.append((name, facts.digest[ok], [ids[i] for i in np.flatnonzero(ok).tolist()]))
+        thumbs.append((facts.thumb[ok], samples, np.flatnonzero(ok)))
     for cache in caches.values():
         cache.save()
     duplicates = _duplicates(readable)
+    near = near_duplicate_report(readable, thumbs, figure=figure)
     return {
         "format": FORMAT,
         "classes": list(classes),
@@ -73,6 +77,7 @@ def check_splits(classes: list[str], splits: dict[str, Samples]) -> dict:
         "wrong_extension": wrong_ext,
         "duplicates": duplicates,
         "duplicates_across_splits": sum(map(_spans_splits, duplicates)),
+        **near,  # near_duplicates (pairs), near_duplicates_across_splits, outliers: data/duplicates.py
     }
 
 
@@ -119,31 +124,37 @@ def _ids(samples: Samples) -> list[str]:
 @dataclass
 class Facts:
     """Per-sample check results as columns: content hash, mode and file format ("" when unknown), (width,
-    height) (-1 when unreadable), and {row: problem} for the samples that cannot be read."""
+    height) (-1 when unreadable), {row: problem} for the samples that cannot be read, and a 32x32 gray
+    thumbnail (zeros when unreadable) for the near-duplicate search."""
 
     digest: np.ndarray
     mode: np.ndarray
     size: np.ndarray
     fmt: np.ndarray
     problems: dict
+    thumb: np.ndarray = None
 
     @classmethod
     def of(cls, results: list[tuple]) -> "Facts":
-        """From per-sample tuples (digest, mode, (width, height), format, problem), None parts where unknown."""
+        """From per-sample tuples (digest, mode, (width, height), format, problem, thumbnail), None parts where
+        unknown."""
         text = lambda k: np.array([r[k] or "" for r in results], dtype=str)  # noqa: E731
         sizes = np.array([r[2] or (-1, -1) for r in results], dtype=np.int64).reshape(-1, 2)
-        return cls(text(0), text(1), sizes, text(3), {i: r[4] for i, r in enumerate(results) if r[4]})
+        blank = np.zeros((THUMB, THUMB), np.uint8)
+        thumbs = np.stack([r[5] if r[5] is not None else blank for r in results]) if results \
+            else np.zeros((0, THUMB, THUMB), np.uint8)
+        return cls(text(0), text(1), sizes, text(3), {i: r[4] for i, r in enumerate(results) if r[4]}, thumbs)
 
     def take(self, rows: np.ndarray) -> "Facts":
         problems = {j: self.problems[i] for j, i in enumerate(rows.tolist()) if i in self.problems}
-        return Facts(self.digest[rows], self.mode[rows], self.size[rows], self.fmt[rows], problems)
+        return Facts(self.digest[rows], self.mode[rows], self.size[rows], self.fmt[rows], problems, self.thumb[rows])
 
     @classmethod
     def concat(cls, parts: list["Facts"]) -> "Facts":
         offsets = np.cumsum([0] + [len(p.size) for p in parts])
         problems = {int(o) + i: text for o, p in zip(offsets, parts) for i, text in p.problems.items()}
         return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("digest", "mode", "size", "fmt")),
-                   problems)
+                   problems, np.concatenate([p.thumb for p in parts]))
 
 
 def _inspect(samples: Samples, caches: dict) -> Facts:
@@ -152,7 +163,8 @@ def _inspect(samples: Samples, caches: dict) -> Facts:
     if samples.in_memory:
         mode = "L" if samples.images.shape[3] == 1 else "RGB"
         size = samples.images.shape[2], samples.images.shape[1]
-        return Facts.of([(_digest(im.tobytes()), mode, size, None, None) for im in samples.images])
+        return Facts.of([(_digest(im.tobytes()), mode, size, None, None, t)
+                         for im, t in zip(samples.images, thumbnails(samples.images))])
     if not samples.paths:
         return Facts.of([])
     root = samples.root or os.path.dirname(samples.paths[0])
@@ -186,13 +198,13 @@ def _inspect_file(path: str):
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
-        return stat, (None, None, None, None, f"cannot read ({err.strerror or err})")
+        return stat, (None, None, None, None, f"cannot read ({err.strerror or err})", None)
     try:
-        load_image(path, 1, data=data)  # a full decode, as training does: raises BadImageError
+        gray = load_image(path, 1, data=data)  # a full decode, as training does: raises BadImageError
         with Image.open(io.BytesIO(data)) as im:
-            return stat, (_digest(data), im.mode, im.size, im.format, None)
+            return stat, (_digest(data), im.mode, im.size, im.format, None, thumbnail(gray))
     except BadImageError as err:
-        return stat, (None, None, None, None, str(err).removeprefix(f"{path}: "))
+        return stat, (None, None, None, None, str(err).removeprefix(f"{path}: "), None)
 
 
 def _stat(path: str) -> tuple | None:
@@ -266,7 +278,7 @@ class CheckCache:
         rows = np.array(list(self.index.values()), dtype=np.int64)
         facts = self.facts.take(rows)
         return {"format": np.array(CHECK_VERSION), "paths": _utf8("\n".join(paths)), "stat": self.stat[rows],
-                "digest": facts.digest, "mode": facts.mode, "size": facts.size, "fmt": facts.fmt,
+                "digest": facts.digest, "mode": facts.mode, "size": facts.size, "fmt": facts.fmt, "thumb": facts.thumb,
                 # problems are rare and long: a JSON object {row: text} instead of a wide fixed-width column
                 "problems": _utf8(json.dumps(facts.problems))}
 
@@ -274,9 +286,10 @@ class CheckCache:
         paths = bytes(stored["paths"]).decode().split("\n") if stored["paths"].size else []
         problems = {int(i): text for i, text in json.loads(bytes(stored["problems"]).decode()).items()}
         self.stat = stored["stat"].reshape(-1, 2)
-        self.facts = Facts(stored["digest"], stored["mode"], stored["size"].reshape(-1, 2), stored["fmt"], problems)
+        self.facts = Facts(stored["digest"], stored["mode"], stored["size"].reshape(-1, 2), stored["fmt"], problems,
+                           stored["thumb"].reshape(-1, THUMB, THUMB))
         if not len(paths) == len(self.stat) == len(self.facts.size) == len(self.facts.digest) \
-                == len(self.facts.mode) == len(self.facts.fmt):
+                == len(self.facts.mode) == len(self.facts.fmt) == len(self.facts.thumb):
             raise ValueError("columns of different lengths")
         self.index = dict(zip(paths, range(len(paths))))
 
@@ -291,8 +304,11 @@ def _digest(data: bytes) -> str:
 
 def run_check(classes: list[str], splits: dict[str, Samples], path: str | os.PathLike | None = None) -> dict:
     """Check the splits, write the report to ``path`` (if given) and print the summary."""
-    report = check_splits(classes, splits)
+    figure = Path(path).with_name(f"{Path(path).stem}_near_duplicates.png") if path else None
+    report = check_splits(classes, splits, figure=figure)
     lines = summary_lines(report)
+    if figure is not None and figure.is_file() and report.get("near_duplicates"):
+        lines.append(f"  closest near-duplicate pairs: {figure}")
     if path:
         with atomic_target(Path(path)) as tmp:
             tmp.write_text(json.dumps(report, indent=1))
@@ -326,6 +342,28 @@ def summary_lines(report: dict) -> list[str]:
                      [" = ".join(f"{w['split']}: {w['file']}" for w in g) for g in leaks])
     if len(report["duplicates"]) > len(leaks):
         lines.append(f"  sets of identical images within one split: {len(report['duplicates']) - len(leaks)}")
+    lines += _near_duplicate_lines(report)
+    return lines
+
+
+def _near_duplicate_lines(report: dict) -> list[str]:
+    """Every near-duplicate pair across splits (up to PRINTED_PAIRS, then a count), the count within
+    splits, and the outliers (data/duplicates.py)."""
+    near = report.get("near_duplicates", [])
+    leaks = [p for p in near if p["a"]["split"] != p["b"]["split"]]
+    lines = []
+    if leaks:
+        lines.append(f"  near-duplicate images in two splits ({len(leaks)}):")
+        lines += [f"    {p['a']['split']}: {p['a']['file']} ~ {p['b']['split']}: {p['b']['file']} "
+                  f"(distance {p['distance']:.4f})" for p in leaks[:PRINTED_PAIRS]]
+        if len(leaks) > PRINTED_PAIRS:
+            lines.append(f"    ... and {len(leaks) - PRINTED_PAIRS} more (all in the report)")
+    if len(near) > len(leaks):
+        lines.append(f"  near-duplicate pairs within one split: {len(near) - len(leaks)}")
+    if report.get("near_duplicates_note"):
+        lines.append(f"  near-duplicates {report['near_duplicates_note']}")
+    lines += _listed("far from every training image (outliers: check them)",
+                     [f"{o['split']}: {o['file']} (score {o['score']:.3f})" for o in report.get("outliers", [])])
     return lines
 
 

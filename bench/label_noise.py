@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""How well are mislabelled images and planted near-duplicates found, on real Fashion-MNIST images?
+
+    python bench/label_noise.py                       # both parts, 2,000 images, 10% noise
+    python bench/label_noise.py --part labels --model lenet5 --epochs 15
+    python bench/label_noise.py --part duplicates
+
+labels: 2,000 training images of Fashion-MNIST (200 per class, seeded) written as PNGs into class folders
+of a temporary folder, 10% of them (uniformly chosen) written into a wrong class folder instead (a wrong
+class drawn uniformly). ``classifier.find_label_issues`` (5 folds, every image in train+val) flags files;
+precision and recall against the planted ones, and the wall time. Next to it, the plain reference of the
+issue: logistic regression on the pixels, 5-fold out-of-fold probabilities, the same cleanlab call.
+
+duplicates: the same 2,000 images as train, 500 other images as test; 20 test images planted in train as
+resized (x1.5-x3) JPEG copies (quality 75-95), half of them also cropped by 1-2 pixels. The data check's
+near-duplicate finder (classifier/data/duplicates.py) on it: planted copies found, and the other pairs it
+reports (false pairs: Fashion-MNIST holds some real near-duplicates too, which are listed by name).
+
+Every file is written in a temporary folder; nothing else is touched. Times depend on the machine's load:
+say whether it was busy.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import classifier  # noqa: E402
+from classifier.label_issues import rank_label_issues  # noqa: E402
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+
+
+def read_idx(name: str) -> np.ndarray:
+    with gzip.open(FMNIST / name) as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def fashion(n_per_class: int, seed: int, exclude=()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, positions in the official train split): n_per_class per class, seeded."""
+    images, labels = read_idx("train-images-idx3-ubyte.gz"), read_idx("train-labels-idx1-ubyte.gz")
+    rng = np.random.default_rng(seed)
+    taken = set(exclude)
+    pick = np.concatenate([rng.permutation([i for i in np.flatnonzero(labels == c) if i not in taken])[:n_per_class]
+                           for c in range(10)])
+    return images[pick], labels[pick].astype(np.int64), pick
+
+
+def write_noisy_folder(folder: Path, images, labels, noise: float, seed: int) -> set[str]:
+    """Class folders of PNGs, ``noise`` of them in a wrong class folder; returns the planted files."""
+    rng = np.random.default_rng(seed + 1)
+    wrong = set(rng.choice(len(labels), int(round(noise * len(labels))), replace=False).tolist())
+    planted = set()
+    for i, (image, label) in enumerate(zip(images, labels)):
+        given = label
+        if i in wrong:
+            given = (label + rng.integers(1, 10)) % 10  # uniformly one of the other classes
+        (folder / CLASSES[given]).mkdir(parents=True, exist_ok=True)
+        name = f"{CLASSES[given]}/img{i:05d}.png"
+        Image.fromarray(image).save(folder / name)
+        if i in wrong:
+            planted.add(name)
+    return planted
+
+
+def scores(flagged: set, planted: set) -> tuple[float, float]:
+    hits = len(flagged & planted)
+    return hits / max(len(flagged), 1), hits / max(len(planted), 1)
+
+
+def labels_part(args, work: Path) -> None:
+    images, labels, _ = fashion(args.images // 10, args.seed)
+    data = work / "noisy"
+    planted = write_noisy_folder(data, images, labels, args.noise, args.seed)
+    print(f"{len(labels)} Fashion-MNIST images, {len(planted)} in a wrong class folder ({data})")
+
+    given = np.array([CLASSES.index(f.split("/")[0]) for f in sorted(_files(data))])
+    start = time.perf_counter()
+    issues = classifier.find_label_issues(model=args.model, dataset=f"folder:{data}", folds=5, epochs=args.epochs,
+                                          batch_size=args.batch_size, lr=args.lr, test_fraction=0,
+                                          threads=args.threads, progress=False, tensorboard=False, plots=False,
+                                          project=str(work / "runs"), filter_by=args.filter_by,
+                                          **({"augment": args.augment} if args.augment else {}))
+    seconds = time.perf_counter() - start
+    p, r = scores(set(issues.files), planted)
+    acc = issues.cv.summary["cv_val_accuracy_mean"]
+    print(f"classifier.find_label_issues ({args.model}, {args.epochs} epochs, 5 folds, {args.threads} threads): "
+          f"flagged {len(issues.files)}, precision {p:.2f}, recall {r:.2f}, {seconds / 60:.1f} min "
+          f"(out-of-fold accuracy on the noisy labels {acc:.1%})")
+
+    start = time.perf_counter()
+    pixels = np.stack([np.asarray(Image.open(data / f)) for f in sorted(_files(data))]).reshape(len(given), -1) / 255.0
+    probs = _logistic_oof(pixels, given, args.seed)
+    flagged_idx, _ = rank_label_issues(given, probs, args.filter_by)
+    files = sorted(_files(data))
+    p_ref, r_ref = scores({files[i] for i in flagged_idx}, planted)
+    print(f"reference (logistic regression on pixels + cleanlab, 5 folds): flagged {len(flagged_idx)}, precision "
+          f"{p_ref:.2f}, recall {r_ref:.2f}, {time.perf_counter() - start:.0f} s")
+
+
+def _files(folder: Path) -> list[str]:
+    return [p.relative_to(folder).as_posix() for p in folder.rglob("*.png")]
+
+
+def _logistic_oof(x, y, seed: int) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    return cross_val_predict(LogisticRegression(max_iter=300), x, y, cv=folds, method="predict_proba")
+
+
+def planted_copy(image: np.ndarray, rng) -> Image.Image:
+    """A resized (x1.5-x3) copy, half of them cropped by 1-2 pixels first, as a JPEG (quality 75-95)."""
+    im = Image.fromarray(image)
+    if rng.random() < 0.5:
+        c = int(rng.integers(1, 3))
+        im = im.crop((c, c, im.width - c, im.height - c))
+    side = int(round(28 * rng.uniform(1.5, 3.0)))
+    return im.resize((side, side), Image.BICUBIC), int(rng.integers(75, 96))
+
+
+def duplicates_part(args, work: Path) -> None:
+    train, train_labels, taken = fashion(args.images // 10, args.seed)
+    test, test_labels, _ = fashion(50, args.seed + 7, exclude=taken)
+    data = work / "leaky"
+    for split, images, labels in (("train", train, train_labels), ("test", test, test_labels)):
+        for i, (image, label) in enumerate(zip(images, labels)):
+            (data / split / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(data / split / CLASSES[label] / f"{split}{i:05d}.png")
+    rng = np.random.default_rng(args.seed + 2)
+    planted = {}
+    for i in rng.choice(len(test), args.copies, replace=False).tolist():
+        im, quality = planted_copy(test[i], rng)
+        name = f"train/{CLASSES[test_labels[i]]}/copy_of_test{i:05d}.jpg"
+        im.save(data / name, quality=quality)
+        planted[name] = f"test/{CLASSES[test_labels[i]]}/test{i:05d}.png"
+    start = time.perf_counter()
+    report = classifier.check_data(f"folder:{data}", output=str(work / "data_check.json"))
+    seconds = time.perf_counter() - start
+    pairs = {(a["file"], b["file"]) for a, b in ((p["a"], p["b"]) for p in report["near_duplicates"])}
+    pairs |= {(b, a) for a, b in pairs}
+    found = sum((copy, original) in pairs for copy, original in planted.items())
+    false = [p for p in report["near_duplicates"]
+             if planted.get(p["a"]["file"]) != p["b"]["file"] and planted.get(p["b"]["file"]) != p["a"]["file"]]
+    print(f"near-duplicates ({report.get('near_duplicate_method', '?')}): planted copies found {found} of "
+          f"{len(planted)}; other pairs reported {len(false)} among {len(train) + len(test) + len(planted)} images; "
+          f"data check {seconds:.1f} s")
+    for p in false[:10]:
+        print(f"  other pair: {p['a']['file']} ~ {p['b']['file']} (distance {p['distance']})")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("labels", "duplicates", "both"), default="both")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--noise", type=float, default=0.10)
+    parser.add_argument("--copies", type=int, default=20)
+    parser.add_argument("--model", default="lenet5")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--augment", default=None)
+    parser.add_argument("--filter-by", default="prune_by_noise_rate")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary folder")
+    args = parser.parse_args(argv)
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="label_noise-"))
+    try:
+        if args.part in ("labels", "both"):
+            labels_part(args, work)
+        if args.part in ("duplicates", "both"):
+            duplicates_part(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

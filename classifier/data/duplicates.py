@@ -1,0 +1,173 @@
+"""Near-duplicate images (resized, re-encoded, slightly cropped copies) and outliers, for the data check.
+
+Every image the check reads leaves a 32x32 gray thumbnail (``thumbnail``, cached with the check's other
+per-file results). From it, a descriptor per image and zoom: the thumbnail centre-cropped by each of
+``ZOOMS`` (a fraction of the side cut from every edge), resized to ``SIDE`` x ``SIDE``, mean-centred and
+scaled to unit length, so the cosine distance ``1 - a.b`` between two descriptors is one minus the Pearson
+correlation of the two small pictures. Two images are near-duplicates when the distance between one's
+unzoomed descriptor and the other's descriptor at some zoom (either way round) is at most ``THRESHOLD``:
+the zooms undo a centred crop, the small gray thumbnails ignore size, colour and JPEG noise.
+
+Chosen by measurement on real Fashion-MNIST images (bench/label_noise.py, docs/data-quality.md): a 64-bit
+perceptual hash (DCT) put half of the cropped copies further apart than a million distinct pairs; a
+thumbnail without zooms did the same; with the zooms every planted copy came within 0.0015 while the
+closest distinct pair (past one real duplicate in the data) was 0.0044 apart. Pretrained-embedding
+descriptors were not measured (no pretrained weights offline here).
+
+The search compares every image with every other (matrix products in blocks): about N^2 x 1,600 flops, a
+few seconds for a few thousand images; above ``MAX_IMAGES`` it is skipped with a note. Outliers use the same
+descriptors: an image whose ``NEIGHBOURS`` most similar training images are all far (its mean distance to
+them well above what training images have: ``OUTLIER_SPREAD`` robust deviations over the median) is far
+from every class, whichever class it is in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+THUMB = 32  # side of the cached gray thumbnail
+SIDE = 16  # side of the compared descriptor
+ZOOMS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125)  # centred crops tried (fraction of the side cut from each edge)
+THRESHOLD = 0.0025  # cosine distance (1 - correlation) at most this: near-duplicates
+MAX_IMAGES = 10_000  # above this the pairwise search is skipped (its cost grows with N^2)
+NEIGHBOURS = 5
+OUTLIER_SPREAD = 8.0  # robust standard deviations (1.4826 MAD) above the median kNN distance
+MAX_OUTLIERS = 0.01  # at most this share of the images is listed as outliers (the farthest first)
+_BLOCK = 512  # rows compared at a time: a block x N float32 matrix per zoom
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """A 32x32 uint8 gray thumbnail of a uint8 (H, W) or (H, W, C) image (squashed, antialiased)."""
+    pil = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+    return np.asarray(pil.convert("L").resize((THUMB, THUMB), Image.BILINEAR), dtype=np.uint8)
+
+
+def thumbnails(images: np.ndarray) -> np.ndarray:
+    """Thumbnails of a batch of uint8 (N, H, W, C) images (the in-memory datasets), as ``thumbnail`` does."""
+    out = np.zeros((len(images), THUMB, THUMB), np.uint8)
+    for start in range(0, len(images), 4096):
+        x = torch.from_numpy(images[start:start + 4096]).permute(0, 3, 1, 2).float()
+        if x.shape[1] == 3:
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = F.interpolate(x, size=(THUMB, THUMB), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + 4096] = x[:, 0].round().clamp(0, 255).byte().numpy()
+    return out
+
+
+def descriptors(thumbs: np.ndarray, zoom: float) -> torch.Tensor:
+    """(N, SIDE*SIDE) unit-length, mean-centred descriptors of the thumbnails centre-cropped by ``zoom``."""
+    x = torch.from_numpy(np.ascontiguousarray(thumbs)).float()[:, None]
+    cut = int(round(zoom * THUMB))
+    if cut:
+        x = x[:, :, cut:THUMB - cut, cut:THUMB - cut]
+    x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", antialias=True, align_corners=False).flatten(1)
+    x = x - x.mean(1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def near_duplicate_pairs(thumbs: np.ndarray, digests: np.ndarray, threshold: float = THRESHOLD) -> list[tuple]:
+    """(i, j, distance) for i < j whose descriptors match at some zoom, closest first; pairs of identical
+    files (one content hash: the exact-duplicate report has them) and flat images (no picture) left out."""
+    n = len(thumbs)
+    if n < 2:
+        return []
+    plain = descriptors(thumbs, 0.0)
+    flat = thumbs.reshape(n, -1).std(1) < 1.0
+    zoomed = [descriptors(thumbs, z) for z in ZOOMS]
+    best: dict = {}
+    for start in range(0, n, _BLOCK):
+        rows = plain[start:start + _BLOCK]
+        dist = 1 - rows @ zoomed[0].T  # this block against every image, at every zoom
+        for z in zoomed[1:]:
+            dist = torch.minimum(dist, 1 - rows @ z.T)
+        i, j = torch.nonzero(dist <= threshold, as_tuple=True)
+        for a, b, d in zip((i + start).tolist(), j.tolist(), dist[i, j].tolist()):
+            if a != b:
+                key = (min(a, b), max(a, b))
+                best[key] = min(best.get(key, d), d)
+    pairs = [(a, b, max(d, 0.0)) for (a, b), d in best.items()
+             if not flat[a] and not flat[b] and digests[a] != digests[b]]
+    return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
+
+
+def outlier_scores(thumbs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each image's mean cosine distance to its NEIGHBOURS nearest ``reference`` images (itself and exact
+    copies of it not counted)."""
+    x, ref = descriptors(thumbs, 0.0), descriptors(reference, 0.0)
+    k = min(NEIGHBOURS, max(len(ref) - 1, 1))
+    out = np.zeros(len(x), np.float32)
+    for start in range(0, len(x), _BLOCK):
+        dist = 1 - x[start:start + _BLOCK] @ ref.T
+        dist[dist < 1e-6] = float("inf")  # itself (or an identical image)
+        near = torch.topk(dist, k, dim=1, largest=False).values
+        near[torch.isinf(near)] = float("nan")
+        out[start:start + _BLOCK] = torch.nanmean(near, dim=1).numpy()
+    return out
+
+
+def outlier_rows(scores: np.ndarray, reference_scores: np.ndarray) -> list[int]:
+    """Rows whose score is OUTLIER_SPREAD robust deviations above the reference median, farthest first, at
+    most MAX_OUTLIERS of them."""
+    ref = reference_scores[np.isfinite(reference_scores)]
+    if len(ref) < 10:
+        return []
+    median = float(np.median(ref))
+    spread = 1.4826 * float(np.median(np.abs(ref - median))) or 1e-6
+    rows = np.flatnonzero(np.nan_to_num(scores, nan=0.0) > median + OUTLIER_SPREAD * spread)
+    rows = rows[np.argsort(-scores[rows], kind="stable")]
+    return rows[: max(1, int(MAX_OUTLIERS * len(scores)))].tolist()
+
+
+PRINTED_PAIRS = 50  # cross-split pairs printed by the check (all of them are in data_check.json)
+FIGURE_PAIRS = 12
+
+
+def near_duplicate_report(readable: list[tuple], thumbs: list[tuple], *, figure=None) -> dict:
+    """The data check's near-duplicate and outlier entries. ``readable``: (split, digests, file ids) per split,
+    ``thumbs``: (thumbnails, Samples, their rows) per split, for the readable samples in the same order.
+    ``figure``: a PNG of the closest pairs, written when there are any."""
+    names = [name for name, _, ids in readable for _ in ids]
+    ids = [i for _, _, part in readable for i in part]
+    if len(ids) > MAX_IMAGES:
+        return {"near_duplicates": [], "near_duplicates_across_splits": 0, "outliers": [],
+                "near_duplicates_note": f"not searched: {len(ids)} images, more than {MAX_IMAGES:,} (the search "
+                                        "compares every pair)"}
+    digests = np.concatenate([d for _, d, _ in readable]) if readable else np.zeros(0, str)
+    every = np.concatenate([t for t, _, _ in thumbs]) if thumbs else np.zeros((0, THUMB, THUMB), np.uint8)
+    pairs = near_duplicate_pairs(every, digests)
+    entries = [{"a": {"split": names[a], "file": ids[a]}, "b": {"split": names[b], "file": ids[b]},
+                "distance": round(float(d), 5)} for a, b, d in pairs]
+    train = np.array([n == "train" for n in names], dtype=bool)
+    outliers = []
+    if train.sum() > NEIGHBOURS:
+        scores = outlier_scores(every, every[train])
+        outliers = [{"split": names[i], "file": ids[i], "score": round(float(scores[i]), 4)}
+                    for i in outlier_rows(scores, scores[train])]
+    if figure and pairs:
+        _pairs_figure(figure, pairs[:FIGURE_PAIRS], names, ids, thumbs)
+    return {"near_duplicates": entries,
+            "near_duplicates_across_splits": sum(e["a"]["split"] != e["b"]["split"] for e in entries),
+            "outliers": outliers}
+
+
+def _pairs_figure(path, pairs: list[tuple], names: list, ids: list, thumbs: list[tuple]) -> None:
+    from classifier.data.images import BadImageError, load_image
+    from classifier.report.tiles import plot_tiles  # matplotlib: only when there is a figure to draw
+
+    where = [(samples, int(row)) for _, samples, rows in thumbs for row in rows]
+    images, captions = [], []
+    for a, b, d in pairs:
+        for k, i in enumerate((a, b)):
+            samples, row = where[i]
+            try:
+                image = samples.images[row] if samples.in_memory else load_image(samples.paths[row], 3)
+            except BadImageError:
+                image = np.zeros((THUMB, THUMB), np.uint8)
+            images.append(image)
+            captions.append(f"{names[i]}: {ids[i][-26:]}" + (f"\ndistance {d:.4f}" if k else "\n"))
+    side = min(max(max(im.shape[:2]) for im in images), 96)
+    tiles = [np.asarray(Image.fromarray(im[..., 0] if im.ndim == 3 and im.shape[-1] == 1 else im).convert("RGB")
+                        .resize((side, side), Image.BILINEAR)) for im in images]
+    plot_tiles(path, tiles, captions, cols=4, title="closest near-duplicate pairs (pairs side by side)")

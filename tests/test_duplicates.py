@@ -1,0 +1,73 @@
+"""Near-duplicates and outliers in the data check (classifier/data/duplicates.py, data/check.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+import classifier
+from classifier.data.duplicates import near_duplicate_pairs, thumbnail, thumbnails
+
+KINDS = {"across": lambda y, x: x, "down": lambda y, x: y, "diagonal": lambda y, x: (x + y) / 2}
+
+
+def gradient(kind: str, rng, side: int = 32) -> np.ndarray:
+    """A class-like picture: a gradient of one direction with its own offset, contrast and noise."""
+    y, x = np.mgrid[0:side, 0:side] / (side - 1)
+    ramp = KINDS[kind](y, x)
+    ramp = (ramp + rng.uniform(-0.3, 0.3)) * rng.uniform(120, 220) + rng.uniform(0, 40)
+    rgb = ramp[..., None] + rng.normal(0, 25, (side, side, 3))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def write_split(root, split: str, per_class: int, rng) -> dict:
+    written = {}
+    for kind in KINDS:
+        (root / split / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            name = f"{split}/{kind}/{kind}{i}.png"
+            written[name] = gradient(kind, rng)
+            Image.fromarray(written[name]).save(root / name)
+    return written
+
+
+def test_planted_near_duplicates_and_outliers_are_found_and_distinct_images_not_paired(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    write_split(root, "train", 30, rng)
+    test = write_split(root, "test", 8, rng)
+    # a resized JPEG copy of a test image and a slightly cropped, resized one, planted in train
+    Image.fromarray(test["test/down/down3.png"]).resize((64, 64), Image.BICUBIC).save(
+        root / "train/down/copy.jpg", quality=85)
+    Image.fromarray(test["test/across/across5.png"]).crop((1, 1, 31, 31)).resize((48, 48), Image.BICUBIC).save(
+        root / "train/across/cropped.jpg", quality=90)
+    Image.fromarray(test["test/diagonal/diagonal0.png"]).save(root / "train/diagonal/exact.png")  # exact copy
+    board = (np.indices((32, 32)).sum(0) // 4 % 2 * 255).astype(np.uint8)  # nothing like the classes
+    Image.fromarray(board).save(root / "train/across/checkerboard.png")
+    before = sorted((p, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+    report = classifier.check_data(f"folder:{root}", output=tmp_path / "check.json", test_fraction=0, val_fraction=0)
+    pairs = {frozenset((p["a"]["file"], p["b"]["file"])) for p in report["near_duplicates"]}
+    assert pairs == {frozenset(("train/down/copy.jpg", "test/down/down3.png")),
+                     frozenset(("train/across/cropped.jpg", "test/across/across5.png"))}
+    assert report["near_duplicates_across_splits"] == 2
+    assert [g for g in report["duplicates"] if len(g) > 1]  # the exact copy keeps its own report
+    assert [o["file"] for o in report["outliers"]] == ["train/across/checkerboard.png"]
+    saved = json.loads((tmp_path / "check.json").read_text())
+    assert saved["near_duplicates"] == report["near_duplicates"]
+    assert (tmp_path / "check_near_duplicates.png").is_file()
+    out = capsys.readouterr().out
+    assert "near-duplicate images in two splits (2)" in out and "train/down/copy.jpg" in out
+    assert "checkerboard.png" in out
+    assert sorted((p, p.stat().st_mtime_ns) for p in root.rglob("*")) == before  # nothing changed
+
+
+def test_in_memory_thumbnails_match_file_thumbnails_and_flat_images_are_not_paired():
+    rng = np.random.default_rng(1)
+    images = np.stack([gradient(k, rng) for k in ("across", "down", "diagonal")])
+    assert np.abs(thumbnails(images).astype(int) - np.stack([thumbnail(im) for im in images])).max() <= 2
+    flat = np.full((2, 32, 32), 128, np.uint8)  # two blank images of different sizes say nothing alike
+    assert near_duplicate_pairs(flat, np.array(["a", "b"])) == []
+    many = thumbnails(np.stack([gradient("across", rng) for _ in range(40)]))
+    assert near_duplicate_pairs(many, np.array([str(i) for i in range(40)])) == []
