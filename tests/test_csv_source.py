@@ -63,3 +63,37 @@ def test_missing_columns_are_one_line_errors(tmp_path):
         load_label_csv(tmp_path / "l.csv")
     with pytest.raises(ClassifierError, match="does not exist"):
         load_label_csv(tmp_path / "nope.csv")
+
+
+def test_registered_source_with_split_column(tmp_path):
+    from classifier.data import load_dataset
+
+    for i in range(6):
+        _image(tmp_path / f"{i}.png", (20 * i, 0, 0))
+    (tmp_path / "l.csv").write_text("filename,labels,split\n0.png,a b,train\n1.png,a,train\n2.png,,train\n"
+                                    "3.png,b,val\n4.png,a,test\n5.png,b,test\n")
+    info, official = load_dataset(f"csv:{tmp_path / 'l.csv'}")
+    assert info.name == f"csv:{tmp_path / 'l.csv'}" and info.multilabel and info.classes == ["a", "b"]
+    assert {k: len(v) for k, v in official.items()} == {"train": 3, "val": 1, "test": 2}
+    np.testing.assert_array_equal(official["train"].labels, [[1, 1], [1, 0], [0, 0]])
+
+
+def test_same_image_in_several_class_folders_is_one_multilabel_image(tmp_path):
+    import shutil
+
+    from classifier.data import load_dataset
+    from classifier.data.labelsets import apply_task
+    from tests.conftest import write_class_images
+
+    folder = write_class_images(tmp_path / "d", per_class=4, size=8)
+    shutil.copy(folder / "red" / "red_0.png", folder / "green" / "also_green.png")
+    info, official = load_dataset(f"folder:{folder}")
+    assert len(official["train"]) == 13 and not info.multilabel
+    as_multiclass = apply_task(info, official, "auto")
+    assert as_multiclass[1]["train"] is official["train"]  # auto keeps single-label data as it is
+    info, merged = apply_task(info, official, "multilabel")
+    train = merged["train"]
+    assert info.multilabel and len(train) == 12  # the copy is the same image: one sample, two labels
+    row = train.paths.index(str(folder / "green" / "also_green.png"))
+    np.testing.assert_array_equal(train.labels[row], [0, 1, 1])  # classes blue, green, red
+    assert train.labels.sum() == 13

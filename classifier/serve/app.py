@@ -118,7 +118,8 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
         req, tensor = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH), predictor)
         rows = await run_model(request, [("tensor", row) for row in tensor])
         metrics.images.labels("v2").inc(len(rows))
-        content, headers = v2.infer_response(name, req, np.stack(rows))
+        logits = np.stack(rows)
+        content, headers = v2.infer_response(name, req, logits, predictor.task.probabilities(logits))
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
 

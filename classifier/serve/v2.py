@@ -11,7 +11,7 @@ Request (JSON, or JSON followed by raw tensor bytes whose JSON length is in the
 The model has one input (``input``: what ``Predictor.prepare`` makes: normalised FP32, or UINT8
 pixels for a graph with embedded preprocessing) and two outputs: ``logits`` (what the exported graph
 computes, averaged with the mirror image's for a run evaluated with the test-time flip) and
-``probabilities`` (their softmax). Any problem with a request is a ``V2Error`` with an HTTP status
+``probabilities`` (their softmax; a sigmoid per class for a multi-label model). Any problem with a request is a ``V2Error`` with an HTTP status
 and a one-line message, answered as ``{"error": "..."}``.
 """
 from __future__ import annotations
@@ -146,9 +146,12 @@ def _requested_outputs(request: dict) -> list[tuple[str, bool]]:
     return out
 
 
-def infer_response(name: str, request: dict, logits: np.ndarray) -> tuple[bytes, dict]:
-    """The response body and its extra headers (the binary extension's, where outputs are binary)."""
-    values = {OUTPUT_NAME: logits.astype(np.float32), PROBABILITIES: softmax(logits).astype(np.float32)}
+def infer_response(name: str, request: dict, logits: np.ndarray, probabilities: np.ndarray | None = None
+                   ) -> tuple[bytes, dict]:
+    """The response body and its extra headers (the binary extension's, where outputs are binary).
+    ``probabilities``: the model's own (a multi-label model's sigmoids); default the softmax of the logits."""
+    probabilities = softmax(logits) if probabilities is None else probabilities
+    values = {OUTPUT_NAME: logits.astype(np.float32), PROBABILITIES: probabilities.astype(np.float32)}
     outputs, chunks = [], []
     for out_name, binary in _requested_outputs(request):
         array = values[out_name]
