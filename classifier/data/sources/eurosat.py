@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from classifier.data.samples import DatasetInfo
 import classifier.data.sources.downloads as downloads
+from classifier.data.samples import DatasetInfo
 from classifier.data.sources.folder import scan_class_folders
 from classifier.data.sources.registry import register_source
 from classifier.errors import ClassifierError

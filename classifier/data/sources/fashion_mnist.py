@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.data.samples import DatasetInfo, Samples
 import classifier.data.sources.downloads as downloads
+from classifier.data.samples import DatasetInfo, Samples
 from classifier.data.sources.registry import register_source
 from classifier.errors import ClassifierError
 
