@@ -33,8 +33,9 @@ from classifier.inference import CHECKPOINT_SUFFIXES, Predictor
 from classifier.inputs import in_memory_dataset, load_inputs
 from classifier.models import list_models as _registry_list_models
 from classifier.report.notebook import report_html, report_markdown
-from classifier.report.grids import write_dataset_grid, write_predictions_grid
-from classifier.report.writer import prediction_rows, write_predictions_csv
+from classifier.report.grids import write_dataset_grid
+from classifier.report.predictions import write_predictions
+from classifier.trust.explain import write_overlays
 
 __all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction",
            "Predictions", "TrainResult", "EvalReport"]
@@ -145,14 +146,29 @@ class Prediction:
     probs: np.ndarray = field(repr=False)
     path: str | None = None
     labels: list = field(default_factory=list)
+    ood_score: float | None = None  # predict(reject=True): the "unknown" score (higher: more like the classes)
+    heatmap: np.ndarray | None = field(default=None, repr=False)  # predict(explain=True): H x W in [0, 1]
 
     def __repr__(self) -> str:
         where = f"{self.path!r}, " if self.path else ""
         return f"Prediction({where}{self.label!r}, confidence={self.confidence:.4f})"
 
 
+UNKNOWN = "unknown"  # the label of a rejected image (predict(reject=True))
+
+
+def apply_rejection(predictions: list, scores, threshold: float) -> None:
+    """Label ``unknown`` the predictions whose score is below ``threshold`` (index -1, probabilities kept)."""
+    for prediction, score in zip(predictions, scores):
+        prediction.ood_score = float(score)
+        if score < threshold:
+            prediction.label, prediction.index, prediction.labels = UNKNOWN, -1, []
+
+
 class Predictions(list):
     """A list of ``Prediction``; ``skipped``: [(input, reason)] for unreadable images."""
+
+    explained = None  # the images, when predicted with explain=True (save writes their overlays)
 
     def __init__(self, items, skipped, classes, shown=()):
         super().__init__(items)
@@ -162,17 +178,11 @@ class Predictions(list):
 
     def save(self, out_dir: str | Path, *, topk: int = 5) -> Path:
         """predictions.csv (file, top-k, probabilities) and predictions.png (a grid) in ``out_dir``."""
-        out = Path(out_dir)
-        probs = np.stack([p.probs for p in self]) if self else np.zeros((0, len(self.classes)))
-        names = [p.path or f"image {i}" for i, p in enumerate(self)]
-        sets = None
-        if self.multilabel:  # a labels column: the predicted label set, space-separated
-            sets = np.array([[c in p.labels for c in self.classes] for p in self], dtype=np.int64)
-        write_predictions_csv(out / "predictions.csv", prediction_rows(names, probs, self.classes, k=topk,
-                                                                       label_sets=sets))
-        if self._shown:
-            write_predictions_grid(out / "predictions.png", self._shown, probs, self.classes)
-        return out / "predictions.csv"
+        path = write_predictions(Path(out_dir), self, self.classes, topk=topk, multilabel=self.multilabel,
+                                 shown=self._shown)
+        if self.explained:  # predict(explain=True): an overlay per image in explain/
+            write_overlays(Path(out_dir) / "explain", self, self.explained)
+        return path
 
     def __repr__(self) -> str:
         shown = ", ".join(repr(p) for p in self[:3]) + (", ..." if len(self) > 3 else "")
@@ -204,16 +214,26 @@ class Model:
                 f"input={prep.channels}x{prep.size[0]}x{prep.size[1]})")
 
     # --- predict
-    def predict(self, inputs, *, topk: int = 5, batch_size: int = 64, threshold: float | None = None) -> Predictions:
+    def predict(self, inputs, *, topk: int = 5, batch_size: int = 64, threshold: float | None = None,
+                reject: bool = False, explain: bool = False) -> Predictions:
         """Predictions for image files, folders (searched recursively), PIL images, or numpy arrays /
         tensors: (H,W), (H,W,C) one image, (N,H,W[,C]) a batch; uint8 0-255 or float 0-1. A single
         input or a list of them. Unreadable files are skipped and listed in ``.skipped``. A multi-label
         model's ``labels`` are the classes at or above their fitted thresholds (``threshold``: this one for
-        every class)."""
+        every class). ``reject``: images scoring below the model's "unknown" threshold get the label
+        ``unknown`` (``ood_score`` set on each prediction); ``explain``: each prediction gets a ``heatmap``
+        (Grad-CAM of the predicted class at the image's own size, in [0, 1]; classifier/trust/)."""
         if topk < 1:
             raise ClassifierError(f"topk must be at least 1, got {topk}")
+        if reject and not self.predictor.ood:
+            raise ClassifierError(f"{self.path} has no rejection threshold (it was trained without a validation "
+                                  "split, or before the toolkit stored one): predict without reject")
         images, paths, skipped = load_inputs(inputs, self.predictor.prep.channels)
-        probs = self.predictor.predict(images, batch_size=batch_size) if images else np.zeros((0, len(self.classes)))
+        scores = None
+        if reject and images:
+            probs, scores = self.predictor.predict_with_scores(images, batch_size=batch_size)
+        else:
+            probs = self.predictor.predict(images, batch_size=batch_size) if images else np.zeros((0, len(self.classes)))
         k = min(topk, len(self.classes))
         sets = self.predictor.label_sets(probs, threshold)
         out = []
@@ -225,27 +245,36 @@ class Model:
         if skipped:
             print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(r for _, r in skipped[:3])
                   + (" ..." if len(skipped) > 3 else ""))
+        if scores is not None:
+            apply_rejection(out, scores, self.predictor.ood["threshold"])
+        if explain:
+            for prediction, heatmap in zip(out, self.predictor.heatmaps(images)):
+                prediction.heatmap = heatmap
         predictions = Predictions(out, skipped, self.classes, images[:GRID_IMAGES])
         predictions.multilabel = self.predictor.task.name == "multilabel"
+        predictions.explained = images if explain else None
         return predictions
 
     # --- evaluate
     def evaluate(self, data=None, *, split: str | None = None, output: str | Path | None = None, data_dir=None,
-                 batch_size: int = 256, progress: bool = True, threshold: float | None = None) -> "EvalReport":
+                 batch_size: int = 256, progress: bool = True, threshold: float | None = None,
+                 ood: str | Path | None = None) -> "EvalReport":
         """Accuracy, per-class metrics, confusion matrix and figures, written to a report folder.
 
         ``data``: None (the model's own run: ``split`` of the split recorded beside the checkpoint), a
         folder of class sub-folders (labelled by class name), a dataset spec (``fashion_mnist``,
         ``folder:PATH``, ``csv:PATH``: split as the run was), or ``(images, labels)`` arrays (labels: class
         indices, or a 0/1 matrix for a multi-label model). ``threshold``: a multi-label model's decision
-        threshold for every class instead of its fitted ones.
+        threshold for every class instead of its fitted ones. ``ood``: a folder of images of none of the
+        classes: AUROC, FPR at 95% TPR and the share rejected by the model's "unknown" threshold
+        (``ood_auroc``, ``ood_fpr95``, ``ood_rejected`` in the metrics and the report).
         """
         samples, source, target = evaluation_samples(data, split, data_dir, model_path=self.path,
                                                      classes=self.classes, metadata=self.metadata)
         out = Path(output) if output else self.path.parent / f"eval-{target}-{self.path.stem}"
         metrics = evaluate_and_report(self.predictor, samples, out, title=f"{self.path.name} on {source}",
                                       source=str(self.path), batch_size=batch_size, progress=progress,
-                                      threshold=threshold)
+                                      threshold=threshold, ood=ood)
         return EvalReport(metrics, out)
 
     # --- export

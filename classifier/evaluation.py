@@ -8,20 +8,28 @@ many images a folder holds.
 """
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from classifier.data import BadImageError, load_image
+from classifier.data import BadImageError, Samples, load_image
+from classifier.data.images import image_files_under
+from classifier.errors import ClassifierError
 from classifier.inference import Predictor
 from classifier.metrics import compute_metrics
 from classifier.preprocess import convert_channels
 from classifier.report.grids import images_to_uint8_batch
 from classifier.report.multilabel import worst_examples, write_multilabel_report
-from classifier.report.writer import prediction_rows, write_evaluation_report
+from classifier.report.plots import plot_ood_histograms
+from classifier.report.writer import append_ood_section, prediction_rows, write_evaluation_report
 from classifier.tasks import to_multilabel
+from classifier.trust.calibrate import uncalibrated_calibration
+from classifier.trust.explain import with_heatmaps
+from classifier.trust.ood import separation
 
 GRID_PER_CLASS = 6
 
@@ -96,17 +104,59 @@ def grid_samples(samples, indices, probs, labels, channels: int, per_class: int 
 
 def evaluate_and_report(predictor: Predictor, samples, out_dir, *, title: str = "", source: str = "",
                         history=None, batch_size: int = 256, progress: bool = True, figures: bool = True,
-                        threshold: float | None = None) -> dict:
+                        threshold: float | None = None, ood=None) -> dict:
     """Predict every sample, compute the metrics, write the report folder; returns the metrics.
 
     Samples labelled -1 (a class the model does not know) are predicted and listed in predictions.csv
     but kept out of the metrics, and counted in ``metrics["unknown_class_samples"]``. ``figures``: also
     draw the report's PNG figures. The model's task picks the report (``REPORTS``); a multi-label model
-    decides with its fitted thresholds, or ``threshold`` for every class.
+    decides with its fitted thresholds, or ``threshold`` for every class. ``ood``: a folder of images of
+    none of the classes: how well the model's "unknown" score tells them apart (``evaluate_unknown``).
     """
+    if ood is not None and not predictor.ood:
+        raise ClassifierError(f"{predictor.source} has no \"unknown\" score and threshold (trained without a "
+                              "validation split, or before the toolkit stored them): --ood needs them")
+    ood_files = unknown_images(ood) if ood is not None else None
     found = run_predictions(predictor, samples, batch_size=batch_size, progress=progress)
-    return REPORTS[predictor.task.name](predictor, samples, out_dir, *found, title=title, source=source,
-                                        history=history, figures=figures, threshold=threshold)
+    metrics = REPORTS[predictor.task.name](predictor, samples, out_dir, *found, title=title, source=source,
+                                           history=history, figures=figures, threshold=threshold)
+    if ood is not None:
+        metrics.update(evaluate_unknown(predictor, samples, ood, ood_files, out_dir, batch_size=batch_size,
+                                        figures=figures))
+    return metrics
+
+
+def unknown_images(folder) -> list:
+    files = image_files_under(folder) if Path(folder).is_dir() else []
+    if not files:
+        raise ClassifierError(f"--ood: no images found in '{folder}' (give a folder of images of none of the classes)")
+    return files
+
+
+def evaluate_unknown(predictor: Predictor, samples, folder, files, out_dir, *, batch_size: int = 256,
+                     figures: bool = True) -> dict:
+    """``ood_auroc``, ``ood_fpr95`` and ``ood_rejected`` (at the stored threshold) of the model's "unknown"
+    score, known = the evaluated samples, unknown = ``files`` (the images under ``folder``); added to the report."""
+
+    def scores_of(batches):
+        return np.concatenate([predictor.predict_with_scores(images, batch_size=batch_size)[1]
+                               for _, images, _ in batches] or [np.zeros(0)])
+
+    channels = predictor.prep.channels
+    known = scores_of(iter_image_batches(samples, channels, batch_size, []))
+    unknown = scores_of(iter_image_batches(Samples(paths=list(files), labels=np.full(len(files), -1)), channels,
+                                           batch_size, []))
+    result = separation(known, unknown, threshold=predictor.ood["threshold"])
+    metrics = {"ood_folder": str(folder), "ood_score_name": predictor.ood["score"], "ood_samples": int(len(unknown)),
+               "reject_threshold": predictor.ood["threshold"], "ood_auroc": result["auroc"],
+               "ood_fpr95": result["fpr95"], "ood_rejected": result["rejected"], "ood_known_kept": result["known_kept"]}
+    figure = plot_ood_histograms(Path(out_dir) / "figures" / "ood_scores.png", known, unknown,
+                                 predictor.ood["threshold"], predictor.ood["score"]) if figures else None
+    full = json.loads((Path(out_dir) / "metrics.json").read_text())
+    append_ood_section(out_dir, {**full, **metrics}, figure)
+    print(f"unknown images ({folder}): AUROC {result['auroc']:.3f}, FPR at 95% TPR {result['fpr95']:.1%}, "
+          f"{result['rejected']:.1%} rejected at the stored threshold")
+    return metrics
 
 
 def _multiclass_report(predictor: Predictor, samples, out_dir, probs, labels, indices, skipped, *, title, source,
@@ -117,8 +167,11 @@ def _multiclass_report(predictor: Predictor, samples, out_dir, probs, labels, in
     metrics = compute_metrics(labels[known], probs[known], classes)
     metrics["unknown_class_samples"] = int((~known).sum())
     metrics["skipped_files"] = skipped
+    metrics.update(uncalibrated_calibration(probs[known], labels[known], predictor.temperature))
     rows = prediction_rows([sample_name(samples, i) for i in indices], probs, classes, y_true=labels)
     grid = grid_samples(samples, indices, probs, labels, channels) if len(indices) and figures else None
+    if grid is not None:
+        grid = with_heatmaps(predictor, grid)  # the misclassified images show where the prediction came from
     write_evaluation_report(out_dir, metrics, predictions=rows, sample_images=grid, history=history,
                             title=title, source=source, figures=figures)
     return metrics
