@@ -36,6 +36,7 @@ from classifier.report.notebook import report_html, report_markdown
 from classifier.report.grids import write_dataset_grid
 from classifier.report.predictions import write_predictions
 from classifier.trust.explain import write_overlays
+from classifier.trust.ood import apply_rejection
 
 __all__ = ["train", "find_lr", "load", "check_data", "list_models", "show_dataset", "Model", "Prediction",
            "Predictions", "TrainResult", "EvalReport"]
@@ -152,17 +153,6 @@ class Prediction:
     def __repr__(self) -> str:
         where = f"{self.path!r}, " if self.path else ""
         return f"Prediction({where}{self.label!r}, confidence={self.confidence:.4f})"
-
-
-UNKNOWN = "unknown"  # the label of a rejected image (predict(reject=True))
-
-
-def apply_rejection(predictions: list, scores, threshold: float) -> None:
-    """Label ``unknown`` the predictions whose score is below ``threshold`` (index -1, probabilities kept)."""
-    for prediction, score in zip(predictions, scores):
-        prediction.ood_score = float(score)
-        if score < threshold:
-            prediction.label, prediction.index, prediction.labels = UNKNOWN, -1, []
 
 
 class Predictions(list):

@@ -1,8 +1,10 @@
 """Every training default in one place: a recipe (``--recipe NAME``, shipped in classifier/recipes/) and
-a YAML file (``--config``) set them, command-line flags override.
+a YAML file (``--config``) set them, command-line flags (or the API's arguments) override.
 
-The resolved config is saved as ``config.yaml`` in each run folder and inside every checkpoint, so
-``python train.py --config runs/NAME/config.yaml`` re-runs a run exactly.
+``resolve`` is the one resolution every entry point calls: recipe < config file < given values, the resume
+rules, the per-model defaults; it returns the finished Config (the engine takes it as it is) and the
+settings given. The resolved config is saved as ``config.yaml`` in each run folder and inside every
+checkpoint, so ``python train.py --config runs/NAME/config.yaml`` re-runs a run exactly. docs/settings.md.
 """
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ from PIL import Image
 
 from classifier.data import BadImageError, load_image
 from classifier.data.sources.arrays import arrays_dataset, as_uint8_images
-from classifier.data.images import image_files_under
-from classifier.data.images import pil_to_array
+from classifier.data.images import image_files_under, pil_to_array
 from classifier.errors import ClassifierError
 
 
