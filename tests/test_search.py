@@ -66,6 +66,8 @@ def test_study_continues_to_its_total_and_best_yaml_trains(tmp_path, capsys):
     keys = list(default_space(resolve({"model": "lenet5"})[0]))
     assert assert_trials_record_sampled_values(run_dir, keys) == 3
     assert not (run_dir / "trials" / "0000" / "eval").exists()
+    first = yaml.safe_load((run_dir / "trials" / "0000" / "config.yaml").read_text())
+    assert (first["lr"], first["weight_decay"], first["label_smoothing"]) == (0.05, 5e-4, 0.0)  # starts at the defaults
     # best.yaml: the best trial's values, and train.py --config takes it (the printed command)
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     top = max(table, key=lambda r: float(r["val_acc"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 
 import optuna
 
@@ -47,6 +48,11 @@ def searcher_class(OptunaSearch, epochs: int):
             return params
 
         def on_trial_complete(self, trial_id, result=None, error=False):
+            trial = self._ot_trials.get(trial_id)
+            if result and trial is not None and "score" in result:  # Ray does not pass the last result to
+                with warnings.catch_warnings():  # on_trial_result: report it (a step already seen is ignored)
+                    warnings.simplefilter("ignore")
+                    trial.report(result["score"], result["epoch"])
             if result and not error and result.get("epoch", epochs) < epochs:
                 result = None  # no value and no error: Optuna's PRUNED, with the epochs' reported values
             super().on_trial_complete(trial_id, result=result, error=error)
@@ -114,6 +120,8 @@ def run(study: Study, trials: int, *, seed: int = 0, resources=None, parallel: i
     try:
         search = searcher_class(OptunaSearch, study.epochs)(
             study.space, metric="score", mode="max", sampler=sampler_for(seed, trials, len(before)),
+            # a new study starts from the defaults (Ray takes whole points only)
+            points_to_evaluate=[study.defaults] if not before and len(study.defaults) == len(study.space) else None,
             storage=optuna.storages.RDBStorage(study.storage_url), study_name=STUDY_NAME)
         scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=study.epochs,
                                   grace_period=1)

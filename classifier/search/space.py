@@ -97,6 +97,27 @@ def _distribution(name: str, spec):
     raise ClassifierError(f"search: {name} is a {kinds[0]} setting: give a list of values to choose from")
 
 
+def default_point(space: dict, cfg) -> dict:
+    """The values a plain run of ``cfg`` would use, for the keys of ``space`` whose range holds them: the
+    search's first trial, so its best is never a worse setting than the defaults (on validation)."""
+    from classifier.data import default_augment  # imports torch: only when a study starts
+
+    point = {}
+    for name, dist in space.items():
+        value = getattr(cfg, name)
+        if name == "lr" and value is None:
+            value = cfg.peak_lr
+        elif name == "augment" and value is None:
+            value = default_augment(cfg.dataset)
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            if value in dist.choices:
+                point[name] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high \
+                and (not isinstance(dist, optuna.distributions.IntDistribution) or float(value).is_integer()):
+            point[name] = int(value) if isinstance(dist, optuna.distributions.IntDistribution) else float(value)
+    return point
+
+
 def sample(trial, space: dict) -> dict:
     """One value per key from an Optuna trial (the ask interface records each with its distribution)."""
     params = {}

@@ -26,7 +26,7 @@ from classifier.config import resolve
 from classifier.errors import ClassifierError, unknown_choice
 from classifier.fileio import atomic_target, atomic_write_text, make_output_dir
 from classifier.inputs import in_memory_dataset
-from classifier.search.space import build_space, describe
+from classifier.search.space import build_space, default_point, describe
 from classifier.search.trial import STUDY_NAME, Study
 from classifier.tracking import Tracker
 
@@ -113,7 +113,8 @@ def tune(config: str | Path | None = None, *, trials: int, time_limit=None, back
     _check_same_study(run_dir, trial_given, describe(space))
     study = Study(run_dir, {**trial_given, **({"dataset": settings["dataset"]} if arrays is not None else {})},
                   space, cfg.epochs, class_names=class_names,
-                  deadline=time.time() + seconds if seconds else None, callbacks=callbacks or {})
+                  deadline=time.time() + seconds if seconds else None, callbacks=callbacks or {},
+                  defaults=default_point(space, cfg))
     print(f"search: {trials} trials of {cfg.model} ({cfg.mode}) on {cfg.dataset}, {cfg.epochs} epochs each, "
           f"backend {backend}; space: {', '.join(space)}; study: {run_dir / 'study.db'}", flush=True)
     tracker = _start_tracking(cfg, study, trial_given)

@@ -29,6 +29,7 @@ class Study:
     deadline: float | None = None  # time.time() after which a trial stops at its next epoch end
     callbacks: dict = field(default_factory=dict)  # the user's, fired before the search's own
     mlflow_parent: str | None = None  # --mlflow: the search's MLflow run, parent of the trials' runs
+    defaults: dict = field(default_factory=dict)  # the first trial's values: the plain run's (space.default_point)
 
     @property
     def storage_url(self) -> str:
