@@ -200,7 +200,7 @@ class Config:
     tta_flip: bool = False  # evaluation (val, test) averages the logits of each image and its mirror image
     # --- trust (classifier/trust/): fitted on the validation split after training, stored in best.pt
     calibrate: bool = True  # temperature scaling of the probabilities (false: the raw softmax)
-    ood_score: str = key("knn", choices=ood_score_names)  # the "unknown" score (docs/trust.md)
+    ood_score: str = key("mahalanobis", choices=ood_score_names)  # the "unknown" score (docs/trust.md)
     reject_keep: float = key(0.95, gt=0, le=1)  # share of validation images the "unknown" threshold keeps
     extra: dict = key(factory=dict)  # free-form model kwargs, e.g. {dropout: 0.2, width: 64}
     search: dict = key(factory=dict)  # train.py --tune: the space to sample, {key: {low, high[, log]} or [values]}

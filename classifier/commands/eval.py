@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threshold", type=float, default=None,
                    help="multi-label models: this decision threshold for every class (default: the fitted ones)")
+    p.add_argument("--ood", metavar="FOLDER", help="images of none of the classes: AUROC, FPR at 95%% TPR and the "
+                                                  "share rejected by the model's 'unknown' threshold")
     p.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="write one results table for these runs")
     add_bool_flag(p, "progress", default=True, help="progress bar (default: true; --progress false, or the older "
                                                      "--no-progress, turns it off)", old={"--no-progress": False})
@@ -75,6 +77,6 @@ def main(argv=None):
         raise ClassifierError("give a FOLDER or --dataset, not both")
     report = api.load(args.checkpoint).evaluate(args.folder or args.dataset, split=args.split, output=args.output,
                                                  data_dir=args.data_dir, batch_size=args.batch_size,
-                                                 progress=args.progress, threshold=args.threshold)
+                                                 progress=args.progress, threshold=args.threshold, ood=args.ood)
     print_summary(report.metrics, report.dir)
     return report.dir

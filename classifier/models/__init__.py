@@ -5,8 +5,10 @@
     optimizer = torch.optim.AdamW(param_groups(model, lr=1e-3, weight_decay=0.05))
 """
 from classifier.models.registry import (
+    CamTarget,
     Classifier,
     ModelEntry,
+    cam_target,
     create_model,
     freeze_backbone,
     list_models,
@@ -27,7 +29,7 @@ from classifier.models.pretrained import (
 )
 
 __all__ = [
-    "Classifier", "ModelEntry", "LoadReport", "create_model", "register_model", "model_entry", "list_models",
+    "Classifier", "CamTarget", "cam_target", "ModelEntry", "LoadReport", "create_model", "register_model", "model_entry", "list_models",
     "pretrained_models", "freeze_backbone", "unfreeze_backbone", "param_groups", "load_weights",
     "adapt_input_conv", "model_from_checkpoint", "model_summary", "torchvision_weights_file",
 ]

@@ -61,13 +61,13 @@ class LeNet5Body(nn.Module):
         return self.fc(self.features(x))
 
 
-@register_model("lenet5", source="custom", min_size=12, default_size=28)
+@register_model("lenet5", source="custom", min_size=12, default_size=28, cam_layer="backbone.features.4")
 def lenet5(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, dropout: float = 0.0):
     """LeNet-5; dropout>0 adds dropout after FC120 and before the head (the 2-dropout variant)."""
     return _wrap(LeNet5Body(in_chans, dropout), 84, num_classes, in_chans, drop_rate, default_drop=dropout)
 
 
-@register_model("lenet5-dropout", source="custom", min_size=12, default_size=28)
+@register_model("lenet5-dropout", source="custom", min_size=12, default_size=28, cam_layer="backbone.features.4")
 def lenet5_dropout(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, dropout: float = 0.2):
     """LeNet-5 with dropout 0.2 after FC120 and FC84."""
     return lenet5(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, dropout=dropout)
@@ -95,7 +95,8 @@ class VGGNetBody(nn.Module):
         return self.features(x)
 
 
-@register_model("vggnet", source="custom", min_size=8, default_size=32)
+@register_model("vggnet", source="custom", min_size=8, default_size=32, cam_pooled=True,
+                cam_layer=lambda m: f"backbone.features.{len(m.backbone.features) - 3}")  # last conv block
 def vggnet(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, width: int = 32,
            convs_per_block: int = 3):
     """VGG-style net: 9 conv3x3+BN layers in 3 blocks, widths (width, 2*width, 4*width)."""
@@ -148,7 +149,7 @@ class ResNetBody(nn.Module):
         return self.pool(self.stages(self.stem(x)))
 
 
-@register_model("resnet", source="custom", min_size=8, default_size=32)
+@register_model("resnet", source="custom", min_size=8, default_size=32, cam_layer="backbone.stages", cam_pooled=True)
 def resnet(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, width: int = 16,
            layers=(2, 2, 2, 2)):
     """Small ResNet (ResNet-18 layout at width 16..128) for 28-64 px images."""
@@ -223,7 +224,8 @@ def _deepnet(block, *, num_classes, in_chans, drop_rate, width=32, depth=4, grow
     return _wrap(body, body.num_features, num_classes, in_chans, drop_rate)
 
 
-@register_model("deepnet-conv", source="custom", min_size=8, default_size=32)
+@register_model("deepnet-conv", source="custom", min_size=8, default_size=32, cam_layer="backbone.blocks",
+                cam_pooled=True)
 def deepnet_conv(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, width: int = 32,
                  depth: int = 4, batch_norm: bool = True):
     """Stem + ``depth`` plain conv blocks (no shortcuts)."""
@@ -231,7 +233,8 @@ def deepnet_conv(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, w
                     depth=depth, batch_norm=batch_norm)
 
 
-@register_model("deepnet-res", source="custom", min_size=8, default_size=32)
+@register_model("deepnet-res", source="custom", min_size=8, default_size=32, cam_layer="backbone.blocks",
+                cam_pooled=True)
 def deepnet_res(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, width: int = 32,
                 depth: int = 4, batch_norm: bool = True):
     """Stem + ``depth`` residual blocks (identity addition)."""
@@ -239,7 +242,8 @@ def deepnet_res(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, wi
                     depth=depth, batch_norm=batch_norm)
 
 
-@register_model("deepnet-skip", source="custom", min_size=8, default_size=32)
+@register_model("deepnet-skip", source="custom", min_size=8, default_size=32, cam_layer="backbone.blocks",
+                cam_pooled=True)
 def deepnet_skip(*, num_classes, in_chans=3, pretrained=False, drop_rate=None, width: int = 32,
                  depth: int = 4, growth: int = 16, batch_norm: bool = True):
     """Stem + ``depth`` dense skip blocks (channel concatenation, +growth channels each)."""

@@ -21,8 +21,8 @@ from torch import nn
 from classifier._compat import import_torchvision
 from classifier.checkpoint import is_toolkit_checkpoint, load_state_file
 from classifier.errors import ClassifierError, unknown_choice
-from classifier.models.registry import (TIMM_PREFIX, Classifier, ModelEntry, _remap_head_keys, register_family,
-                                       register_model)
+from classifier.models.registry import (TIMM_PREFIX, CamTarget, Classifier, ModelEntry, _remap_head_keys,
+                                       register_family, register_model)
 
 
 # ------------------------------------------------------------------------------ first-conv adaptation
@@ -148,15 +148,17 @@ def _build_torchvision(arch: str, *, num_classes, in_chans, pretrained, drop_rat
     return model
 
 
-def _register_torchvision(arch: str, description: str) -> None:
+def _register_torchvision(arch: str, description: str, cam_layer: str, cam_pooled: bool) -> None:
     builder = functools.partial(_build_torchvision, arch)
     register_model(arch, source="torchvision", pretrained=True, min_size=32, default_size=224,
-                   description=description)(builder)
+                   description=description, cam_layer=cam_layer, cam_pooled=cam_pooled)(builder)
 
 
-_register_torchvision("vgg11", "VGG-11 (torchvision), ImageNet weights; 4096-d features")
-_register_torchvision("resnet18", "ResNet-18 (torchvision), ImageNet weights; 512-d features")
-_register_torchvision("mobilenet_v2", "MobileNetV2 (torchvision), ImageNet weights; 1280-d features")
+# heat maps read the last conv stage; VGG's 4096-d FC layers come between it and the head, so no plain CAM
+_register_torchvision("vgg11", "VGG-11 (torchvision), ImageNet weights; 4096-d features", "backbone.features", False)
+_register_torchvision("resnet18", "ResNet-18 (torchvision), ImageNet weights; 512-d features", "backbone.layer4", True)
+_register_torchvision("mobilenet_v2", "MobileNetV2 (torchvision), ImageNet weights; 1280-d features",
+                      "backbone.features", True)
 
 
 # ----------------------------------------------------------------------------------------------- timm
@@ -194,8 +196,25 @@ def timm_entry(name: str) -> ModelEntry:
         pretrained_std=tuple(cfg["std"]) if has_pretrained and "std" in cfg else None,
         min_size=size if sized else 32, default_size=size,
         builder=functools.partial(_build_timm, arch), description=f"timm {arch}",
-        sized=sized, size_problem=functools.partial(timm_size_problem, arch, sized),
+        sized=sized, size_problem=functools.partial(timm_size_problem, arch, sized), cam_target=timm_cam_target,
     )
+
+
+def timm_cam_target(model: Classifier) -> CamTarget:
+    """Vision transformers (a ``blocks`` stack over patch tokens): the last block's first norm, tokens
+    reshaped to the patch grid. CNNs: the module of timm's last ``feature_info`` stage; plain CAM applies
+    when timm's head pools it by averaging straight into the classifier (checked by explain.py)."""
+    net = model.backbone
+    if hasattr(net, "blocks") and hasattr(net, "patch_embed") and hasattr(net.blocks[-1], "norm1"):
+        grid = getattr(net.patch_embed, "grid_size", None)
+        return CamTarget(f"backbone.blocks.{len(net.blocks) - 1}.norm1",
+                         prefix_tokens=getattr(net, "num_prefix_tokens", 1), grid=tuple(grid) if grid is not None else None)
+    info = getattr(net, "feature_info", None)
+    if not info:
+        raise ClassifierError(f"model '{model.name}' has no feature stages timm names; no heat-map target layer")
+    last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+    pooled = getattr(getattr(net, "global_pool", None), "pool_type", None) == "avg"
+    return CamTarget(f"backbone.{last}", pooled)
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,6 +8,7 @@ parametrized test work the same for all of them.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -101,6 +102,19 @@ def _remap_head_keys(module: Classifier, state_dict, prefix, *args):
 # ---------------------------------------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
+class CamTarget:
+    """Where heat maps read a model (classifier/trust/explain.py): ``layer``, the submodule (of the
+    Classifier) whose output is the last spatial feature map (N, C, h, w), or for vision transformers the
+    token sequence (N, prefix_tokens + h*w, C); ``pooled``: that map goes through global average pooling
+    straight into the linear head, so plain CAM (no gradients) applies."""
+
+    layer: str
+    pooled: bool = False
+    prefix_tokens: int | None = None  # tokens: drop this many (class/register tokens), reshape the rest to h x w
+    grid: tuple[int, int] | None = None  # tokens: the patch grid (h, w) at the trained size; None: square
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     source: str  # 'custom' | 'torchvision' | 'timm'
@@ -114,6 +128,8 @@ class ModelEntry:
     sized: bool = False  # the builder takes ``img_size``: the net is built for its input size (position embeddings)
     # why an input side does not run (None if it does), for nets whose accepted sizes are found by trying them
     size_problem: Callable[[int], str | None] | None = field(repr=False, compare=False, default=None)
+    # the model -> where heat maps read it (CamTarget); None: no known target layer
+    cam_target: Callable[[nn.Module], CamTarget] | None = field(repr=False, compare=False, default=None)
 
     def accepted_sizes(self) -> str:
         """The input sides this model accepts, in words: "28 up", or the sides that ran of those tried."""
@@ -147,10 +163,13 @@ SOURCES = ("custom", "torchvision", "timm")
 
 
 def register_model(name: str, *, source: str, pretrained: bool = False, min_size: int = 32,
-                   default_size: int | None = None, mean=None, std=None, description: str = ""):
+                   default_size: int | None = None, mean=None, std=None, description: str = "",
+                   cam_layer: str | Callable[[nn.Module], str] | None = None, cam_pooled: bool = False):
     """Decorator: register ``builder(*, num_classes, in_chans, pretrained, drop_rate, **kwargs)``.
 
     Pretrained models default to ImageNet mean/std and 224 px input; others to 32 px and no mean/std.
+    ``cam_layer``: the heat maps' target layer (a submodule name, or model -> name when it depends on the
+    builder's options); ``cam_pooled``: its output is global-average-pooled into the linear head.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -164,10 +183,23 @@ def register_model(name: str, *, source: str, pretrained: bool = False, min_size
             pretrained_std=tuple(std or IMAGENET_STD) if pretrained else None,
             min_size=int(min_size), default_size=int(default_size or (224 if pretrained else 32)),
             builder=builder, description=description or (builder.__doc__ or "").strip().split("\n")[0],
+            cam_target=None if cam_layer is None else functools.partial(_fixed_cam_target, cam_layer, cam_pooled),
         )
         return builder
 
     return decorate
+
+
+def _fixed_cam_target(layer, pooled: bool, model: nn.Module) -> CamTarget:
+    return CamTarget(layer(model) if callable(layer) else layer, pooled)
+
+
+def cam_target(model: Classifier) -> CamTarget:
+    """Where heat maps read ``model`` (its registry entry's choice), or a one-line error if it has none."""
+    entry = model_entry(model.name)
+    if entry.cam_target is None:
+        raise ClassifierError(f"model '{model.name}' has no heat-map target layer in the model registry")
+    return entry.cam_target(model)
 
 
 # Families too large to register name by name (timm's catalogue): prefix -> (entry_for(name), names(pattern)).

@@ -438,3 +438,19 @@ def lr_finder_figure(result) -> Figure:
 
 def plot_lr_finder(path, result) -> Path:
     return save_figure(lr_finder_figure(result), path)
+
+
+def plot_ood_histograms(path, known, unknown, threshold: float, score: str) -> Path:
+    """Histograms of the "unknown" score on known-class and unknown images, the rejection threshold marked."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    both = np.concatenate([known, unknown])
+    bins = np.linspace(both.min(), both.max(), 41) if both.size and both.max() > both.min() else 20
+    ax.hist(known, bins=bins, alpha=0.6, density=True, label=f"known classes ({len(known)})")
+    ax.hist(unknown, bins=bins, alpha=0.6, density=True, label=f"unknown folder ({len(unknown)})")
+    ax.axvline(threshold, color="black", linestyle="--", label="reject below")
+    ax.set_xlabel(f"{score} score (higher: more like the known classes)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

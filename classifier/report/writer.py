@@ -121,6 +121,9 @@ def _summary_section(m: dict) -> list[str]:
         rows.append([f"{kind} precision / recall / F1", values])
     bins = len(m.get("calibration", {}).get("counts", [])) or "?"
     rows.append([f"expected calibration error ({bins} bins)", _pct(m.get("ece"))])
+    if m.get("ece_uncalibrated") is not None:  # classifier/trust/: the raw softmax's, before temperature scaling
+        rows.append([f"ECE before calibration (temperature {m['temperature']:.3f}, fitted on validation)",
+                     _pct(m["ece_uncalibrated"])])
     for key in ("best_class", "worst_class"):
         if m.get(key):
             rows.append([key.replace("_", " "), f"{m[key]['name']} (F1 {m[key]['f1']:.3f})"])
@@ -163,6 +166,7 @@ def _figures_section(figures: dict[str, Path], out_dir: Path) -> list[str]:
         "per_class_metrics": "Precision, recall and F1 per class",
         "misclassifications": "Misclassifications per class",
         "reliability": "Reliability diagram",
+        "reliability_uncalibrated": "Reliability diagram before calibration (raw softmax)",
         "sample_predictions": "Sample predictions",
         "learning_curves": "Learning curves",
     }
@@ -185,6 +189,9 @@ def _draw_figures(fig_dir: Path, metrics: dict, sample_images, history) -> dict[
         "misclassifications": plots.plot_misclassifications(fig_dir / "misclassifications.png", cm, classes),
         "reliability": plots.plot_reliability(fig_dir / "reliability.png", metrics["calibration"]),
     }
+    if metrics.get("calibration_uncalibrated"):
+        figures["reliability_uncalibrated"] = plots.plot_reliability(fig_dir / "reliability_uncalibrated.png",
+                                                                     metrics["calibration_uncalibrated"])
     if sample_images is not None and len(sample_images["y_pred"]):
         figures["sample_predictions"] = plots.plot_predictions_grid(
             fig_dir / "sample_predictions.png", sample_images["images"], sample_images["y_pred"],
@@ -221,3 +228,21 @@ def write_evaluation_report(out_dir: str | os.PathLike, metrics: dict, *, predic
               "- [predictions.csv](predictions.csv): one row per sample with its top-k classes", ""]
     written["report"] = atomic_write_text(out_dir / "report.md", "\n".join(lines), "report")
     return written
+
+
+def append_ood_section(out_dir: str | os.PathLike, metrics: dict, figure: Path | None) -> None:
+    """Add the "unknown images" results (``eval.py --ood``) to report.md and metrics.json of ``out_dir``."""
+    out_dir = Path(out_dir)
+    write_metrics_json(out_dir / "metrics.json", metrics)
+    rows = [["score", f"{metrics['ood_score_name']} (higher: more like the known classes)"],
+            ["unknown images", metrics["ood_samples"]],
+            ["AUROC (known vs unknown)", _num(metrics["ood_auroc"])],
+            ["false-positive rate at 95% true-positive rate", _pct(metrics["ood_fpr95"])],
+            [f"unknown images rejected at the stored threshold {metrics['reject_threshold']:.4g}",
+             _pct(metrics["ood_rejected"])],
+            ["known images kept at that threshold", _pct(metrics["ood_known_kept"])]]
+    lines = ["", f"## Unknown images ({_md(metrics['ood_folder'])})", "", *_table(["metric", "value"], rows, "lr"), ""]
+    if figure is not None:
+        lines += [f"![score histograms]({figure.relative_to(out_dir).as_posix()})", ""]
+    report = out_dir / "report.md"
+    atomic_write_text(report, report.read_text() + "\n".join(lines), "report")

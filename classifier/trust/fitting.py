@@ -1,0 +1,101 @@
+"""The post-training step: temperature and "unknown" threshold fitted on a model's validation split, stored
+in its checkpoint (keys ``temperature`` and ``ood``), read back by the predictor and the export.
+
+Checkpoint keys (absent in older checkpoints: temperature 1, no rejection)::
+
+    temperature  float, divides the logits before the softmax
+    ood          {"score": name in trust.ood.SCORES, "threshold": float, "keep": share of val images kept,
+                  "stats": {name: tensor} for feature scores (class means + precision, or the kNN bank)}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifier.checkpoint import load_checkpoint, save_checkpoint
+from classifier.evaluation import iter_image_batches
+from classifier.inference import flip_averaged, model_input
+from classifier.models import model_from_checkpoint
+from classifier.preprocess import Preprocessing
+from classifier.trust.calibrate import fit_temperature
+from classifier.trust.ood import DEFAULT_KEEP, fit_feature_stats, ood_scores, score_entry, threshold_keeping
+
+DEFAULT_OOD_SCORE = "mahalanobis"  # chosen by bench/trust.py (docs/trust.md): best AUROC and FPR95 on held-out classes
+MAX_FEATURE_IMAGES = 10000  # training images whose features a feature score is fitted on (a seeded subset)
+
+
+def model_outputs(model, images, prep: Preprocessing, *, tta_flip: bool = False):
+    """(logits, penultimate features) as float32 numpy for uint8 HWC images (a list or an NHWC array)."""
+    model.eval()
+    x = model_input(images, prep)
+    with torch.inference_mode():
+        features = model.forward_features(x)
+        logits = flip_averaged(model, x) if tta_flip else model.forward_head(features)
+    return logits.float().numpy(), features.float().numpy()
+
+
+def sample_outputs(model, samples, prep: Preprocessing, *, tta_flip: bool = False, batch_size: int = 256,
+                   limit: int | None = None, seed: int = 0):
+    """(logits, features, labels) over readable ``samples`` (at most ``limit``, a seeded subset)."""
+    if limit is not None and len(samples) > limit:
+        samples = samples.subset(np.sort(np.random.default_rng(seed).permutation(len(samples))[:limit]))
+    logits, features, labels = [], [], []
+    for _, images, y in iter_image_batches(samples, prep.channels, batch_size, []):
+        lo, fe = model_outputs(model, images, prep, tta_flip=tta_flip)
+        logits.append(lo)
+        features.append(fe)
+        labels.append(y)
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(logits), np.concatenate(features), np.concatenate(labels)
+
+
+def fit_trust(model, prep: Preprocessing, val, train=None, *, calibrate: bool = True, score: str = DEFAULT_OOD_SCORE,
+              keep: float = DEFAULT_KEEP, tta_flip: bool = False) -> dict:
+    """Checkpoint keys (``temperature``, ``ood``) fitted on ``val`` Samples (``train``: for feature scores).
+
+    A feature score without training samples falls back to the maximum softmax probability.
+    """
+    logits, features, labels = sample_outputs(model, val, prep, tta_flip=tta_flip)
+    known = labels >= 0
+    if not known.any():
+        return {}
+    temperature = fit_temperature(logits[known], labels[known]) if calibrate else 1.0
+    stats = None
+    if score_entry(score).on_features:
+        if train is None or not len(train):
+            score = "msp"
+        else:
+            _, train_features, train_labels = sample_outputs(model, train, prep, limit=MAX_FEATURE_IMAGES)
+            stats = fit_feature_stats(score, train_features, train_labels, logits.shape[1])
+    val_scores = ood_scores(score, logits[known], features[known], temperature=temperature, stats=stats)
+    ood = {"score": score, "threshold": threshold_keeping(val_scores, keep), "keep": float(keep)}
+    if stats is not None:
+        ood["stats"] = {k: torch.as_tensor(v) for k, v in stats.items()}
+    return {"temperature": float(temperature), "ood": ood}
+
+
+def fit_run_trust(run, summary: dict) -> None:
+    """End of training (before the test evaluation): fit the temperature and the "unknown" threshold of
+    best.pt on the run's validation split, store them in best.pt, and put the temperature in summary.json.
+    Nothing happens without a validation split; multi-label runs are left as they are (their per-class
+    decision thresholds are fitted on uncalibrated probabilities)."""
+    cfg, best = run.cfg, Path(run.dir) / "best.pt"
+    val = run.data.splits.get("val")
+    if not best.exists() or val is None or not len(val) or np.asarray(val.labels).ndim != 1:
+        return
+    ckpt = load_checkpoint(best)
+    model = model_from_checkpoint(ckpt)
+    fitted = fit_trust(model, Preprocessing.from_dict(ckpt["preprocessing"]), val, run.data.splits.get("train"),
+                       calibrate=cfg.calibrate, score=cfg.ood_score, keep=cfg.reject_keep, tta_flip=cfg.tta_flip)
+    if not fitted:
+        return
+    ckpt.pop("format", None)
+    save_checkpoint({**ckpt, **fitted}, best)
+    summary["temperature"] = fitted["temperature"]
+    ood = fitted["ood"]
+    print(("" if not cfg.calibrate else f"calibration: temperature {fitted['temperature']:.3f} (fitted on "
+           f"{len(val)} validation images); ") + f"unknown below {ood['score']} {ood['threshold']:.4g} "
+          f"(keeps {ood['keep']:.0%} of validation images)", flush=True)

@@ -1,0 +1,54 @@
+"""The exported graph's trust outputs beside the logits: ``ood_score`` (feature scores, computed in the
+graph from the stored statistics) and ``cam`` (``export.py --cam``: the plain CAM of the top class at the
+feature resolution). Logit scores and the temperature need no graph change: clients apply the metadata."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from classifier.artifact import OUTPUT_NAME
+from classifier.models import cam_target
+from classifier.trust.explain import CAM_OUTPUT, FeatureMap, check_plain_cam, head_linear
+from classifier.trust.ood import OOD_OUTPUT, FeatureScore, score_entry
+
+
+class TrustGraph(nn.Module):
+    """model -> (logits[, ood_score][, cam]) in that order."""
+
+    def __init__(self, model: nn.Module, score: FeatureScore | None = None, cam: bool = False):
+        super().__init__()
+        if cam:
+            check_plain_cam(model)
+        self.model, self.score, self.cam = model, score, cam
+        self.layer = cam_target(model).layer if cam else None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (OUTPUT_NAME,) + ((OOD_OUTPUT,) if self.score is not None else ()) + ((CAM_OUTPUT,) if self.cam else ())
+
+    def forward(self, x):
+        if self.cam:
+            with FeatureMap(self.model, self.layer) as fm:
+                features = self.model.forward_features(x)
+        else:
+            features = self.model.forward_features(x)
+        logits = self.model.forward_head(features)
+        outputs = [logits]
+        if self.score is not None:
+            outputs.append(self.score(features))
+        if self.cam:
+            weights = head_linear(self.model).weight[logits.argmax(dim=1)]
+            outputs.append(torch.einsum("nc,nchw->nhw", weights, fm.value))
+        return tuple(outputs)
+
+
+def trust_graph(model: nn.Module, ckpt: dict, *, cam: bool = False) -> tuple[nn.Module, tuple[str, ...]]:
+    """(the network to export, its output names): ``model`` itself when nothing is added."""
+    ood = ckpt.get("ood") or {}
+    score = None
+    if ood.get("score") and score_entry(ood["score"]).on_features and ood.get("stats") is not None:
+        score = FeatureScore(ood["score"], ood["stats"])
+    if score is None and not cam:
+        return model, (OUTPUT_NAME,)
+    net = TrustGraph(model, score, cam).eval()
+    return net, net.output_names

@@ -1,0 +1,96 @@
+"""Temperature scaling (classifier/trust/calibrate.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classifier.trust.calibrate import fit_temperature, sigmoid_nll, softmax_nll
+
+
+def overconfident(n=600, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, classes))
+    logits[np.arange(n), labels] += 1.5  # right a bit more often than not ...
+    return 6 * logits, labels  # ... but six times too sure
+
+
+def test_temperature_lowers_validation_nll():
+    logits, labels = overconfident()
+    t = fit_temperature(logits, labels)
+    assert t > 2
+    assert softmax_nll(logits, labels, t) < softmax_nll(logits, labels, 1.0) - 0.1
+    # a minimum: a little either side is no better
+    assert softmax_nll(logits, labels, t) <= min(softmax_nll(logits, labels, t * 1.05),
+                                                 softmax_nll(logits, labels, t / 1.05))
+
+
+def test_calibrated_logits_keep_their_temperature_near_one():
+    """Labels drawn from softmax(logits) themselves: those probabilities are calibrated, T stays ~1."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (3000, 4))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = (p.cumsum(1) < rng.random((3000, 1))).sum(1)
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.1)
+
+
+def test_multilabel_shared_and_per_class():
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 2, (500, 3))
+    logits = 8 * (targets - 0.5) + rng.normal(0, 4, (500, 3))
+    shared = fit_temperature(logits, targets, multilabel=True)
+    per_class = fit_temperature(logits, targets, multilabel=True, per_class=True)
+    assert per_class.shape == (3,)
+    assert sigmoid_nll(logits, targets, shared) < sigmoid_nll(logits, targets, 1.0)
+    assert sigmoid_nll(logits, targets, per_class) <= sigmoid_nll(logits, targets, shared) + 1e-9
+
+
+def test_run_stores_a_temperature_that_lowers_val_nll_and_every_client_applies_it():
+    """best.pt holds the temperature fitted on validation (lower val NLL than the raw softmax); predict on
+    the checkpoint and on the ONNX export give the same calibrated probabilities; summary.json has the ECEs."""
+    import classifier
+    from classifier.checkpoint import load_checkpoint
+    from classifier.models import model_from_checkpoint
+    from classifier.preprocess import Preprocessing
+    from classifier.trust.fitting import sample_outputs
+    from tests.trust_run import trust_run
+
+    run, onnx_path, data = trust_run()
+    ckpt = load_checkpoint(run.dir / "best.pt")
+    t = ckpt["temperature"]
+    assert run.summary["temperature"] == t and t != 1.0
+    assert {"test_ece", "test_ece_uncalibrated"} <= set(run.summary)
+    logits, _, labels = sample_outputs(model_from_checkpoint(ckpt), run.engine_run.data.splits["val"],
+                                       Preprocessing.from_dict(ckpt["preprocessing"]))
+    assert softmax_nll(logits, labels, t) < softmax_nll(logits, labels, 1.0)
+    files = sorted(data.rglob("*.png"))[:12]
+    pt, ox = classifier.load(run.dir / "best.pt"), classifier.load(onnx_path)
+    assert ox.metadata["temperature"] == pytest.approx(t)
+    probs_pt = np.stack([p.probs for p in pt.predict(files)])
+    probs_onnx = np.stack([p.probs for p in ox.predict(files)])
+    np.testing.assert_allclose(probs_pt, probs_onnx, atol=1e-5)
+
+
+def test_calibrate_false_and_old_checkpoints_keep_the_raw_softmax(tmp_path):
+    """A checkpoint without the new keys (older, or --calibrate false) predicts with temperature 1."""
+    import classifier
+    from classifier.checkpoint import load_checkpoint, save_checkpoint
+    from tests.trust_run import trust_run
+
+    run, _, data = trust_run()
+    ckpt = load_checkpoint(run.dir / "best.pt")
+    old = {k: v for k, v in ckpt.items() if k not in ("temperature", "ood", "format")}
+    save_checkpoint(old, tmp_path / "old.pt")
+    model = classifier.load(tmp_path / "old.pt")
+    assert model.predictor.temperature == 1.0 and model.predictor.ood is None
+    files = sorted(data.rglob("*.png"))[:4]
+    with pytest.raises(classifier.ClassifierError, match="rejection threshold"):
+        model.predict(files, reject=True)
+    new = classifier.load(run.dir / "best.pt")
+    p_old = np.stack([p.probs for p in model.predict(files)])
+    p_new = np.stack([p.probs for p in new.predict(files)])
+    assert (p_old.argmax(1) == p_new.argmax(1)).all()
+    # the raw softmax is the calibrated one at T = 1: softmax(T * log p_new) == p_old
+    z = ckpt["temperature"] * np.log(p_new)
+    np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(1, keepdims=True), p_old, atol=1e-4)
+    assert not np.allclose(p_old, p_new, atol=1e-3)  # and the temperature did change them
