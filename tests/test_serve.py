@@ -203,8 +203,39 @@ def test_checkpoint_server_predicts_like_model_predict(artifacts):
         want = model.predict([str(f) for f in files])
         assert [i["label"] for i in json.loads(body)] == [p.label for p in want]
         assert [i["confidence"] for i in json.loads(body)] == pytest.approx([p.confidence for p in want], abs=1e-5)
+        x = np.random.default_rng(3).standard_normal((2, 3, 12, 12)).astype(np.float32)
+        spec = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}  # nested JSON
+        status, _, body = request(s.port, "POST", "/v2/models/classifier/infer",
+                                  json.dumps({"inputs": [spec], "outputs": [{"name": "logits"}]}).encode())
+        assert status == 200, body
+        with torch.inference_mode():
+            expected = model.predictor.logits(x)
+        np.testing.assert_allclose(np.array(json.loads(body)["outputs"][0]["data"]).reshape(2, 3), expected, atol=1e-5)
     finally:
         s.stop()
+
+
+def test_v2_uint8_input_of_a_graph_with_embedded_preprocessing():
+    """A model taking uint8 pixels of any size: UINT8 in the metadata; JSON and binary data parsed alike,
+    out-of-range values refused."""
+    from types import SimpleNamespace
+
+    from classifier.serve import v2
+
+    predictor = SimpleNamespace(raw_pixels=True, input_shape=["batch", 3, "height", "width"], prep=PREP,
+                                classes=CLASSES, backend="onnxruntime")
+    assert v2.model_metadata("m", predictor)["inputs"][0] == {"name": "input", "datatype": "UINT8",
+                                                              "shape": [-1, 3, -1, -1]}
+    pixels = np.arange(2 * 3 * 5 * 7, dtype=np.uint8).reshape(2, 3, 5, 7)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [2, 3, 5, 7], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": pixels.size}}]}).encode()
+    _, parsed = v2.parse_infer_request(header + pixels.tobytes(), str(len(header)), predictor)
+    assert parsed.dtype == np.uint8 and np.array_equal(parsed, pixels)
+    body = json.dumps({"inputs": [{"name": "input", "shape": [2, 3, 5, 7], "datatype": "UINT8",
+                                   "data": pixels.reshape(-1).tolist()}]}).encode()
+    assert np.array_equal(v2.parse_infer_request(body, None, predictor)[1], pixels)
+    with pytest.raises(v2.V2Error, match="0-255"):
+        v2.parse_infer_request(body.replace(b"[0, 1,", b"[0, 300,"), None, predictor)
 
 
 # --- bad input ------------------------------------------------------------------------------------------------

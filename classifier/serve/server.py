@@ -5,6 +5,7 @@ timeout, plus a margin), stop the batcher, and return: ``serve.py`` then exits 0
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ from classifier.serve.options import ServeOptions
 
 ENV_SETTINGS = "CLASSIFIER_SERVE_SETTINGS"  # model path + options, for worker processes
 WORKER_APP = "classifier.serve.cli:app_from_env"
-SHUTDOWN_MARGIN_S = 5.0  # graceful shutdown waits this long beyond the request timeout
+SHUTDOWN_MARGIN_S = 5.0
+WORKER_STARTUP_S = 120  # seconds a worker process may take to start (a busy machine, a large model)  # graceful shutdown waits this long beyond the request timeout
 
 
 def serve(model, options: ServeOptions) -> None:
@@ -60,8 +62,14 @@ def serve_workers(path: Path, options: ServeOptions, sock: socket.socket, kwargs
     os.environ[ENV_SETTINGS] = json.dumps({"model": str(Path(path).resolve()), **options.__dict__})
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+            # a worker imports torch and loads the model before it answers the supervisor's pings
+            kwargs = {**kwargs, "timeout_worker_healthcheck": WORKER_STARTUP_S}
         config = uvicorn.Config(WORKER_APP, factory=True, workers=options.workers, **kwargs)
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        # what uvicorn.run(workers=N) does, on our socket (older uvicorn versions also take the worker target)
+        takes_target = "target" in inspect.signature(Multiprocess).parameters
+        extra = {"target": uvicorn.Server(config).run} if takes_target else {}
+        Multiprocess(config, sockets=[sock], **extra).run()
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
