@@ -3,6 +3,7 @@ where it names one); the README stays a newcomer's read."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_relative_links_resolve(path):
 
 
 def test_the_checker_finds_a_broken_link(tmp_path, monkeypatch):
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     (tmp_path / "a.md").write_text("# Top\n[ok](b.md#part) [gone](c.md) [bad anchor](b.md#nope) "
                                    "[out](../x.md) [web](https://example.com)\n```\n[in a fence](zzz.md)\n```\n")
     (tmp_path / "b.md").write_text("## Part\n")
