@@ -162,6 +162,7 @@ def test_registered_function_returning_a_folder(tmp_path):
     assert official["train"].root == str(tmp_path / "photos") and len(official["train"]) == 12
     report = classifier.check_data("my_photos")
     assert report["classes"] == ["blue", "green", "red"]
+    assert classifier.show_dataset("my_photos", save=tmp_path / "grid.png", per_class=2).is_file()
 
 
 def test_registered_function_returning_a_dataset_string(tmp_path):
