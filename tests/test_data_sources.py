@@ -130,8 +130,8 @@ def test_user_module_trains_from_the_cli_and_evaluates(tmp_path, capsys):
     assert model.classes == ["left", "mid", "right"]
     assert model.metadata["config"]["dataset"] == "cli_stripes"  # recorded by name: found again through it
     # eval.py in a new process would know the name only through --import: the run's test split is reloaded
-    out = eval_main(["--import", str(module), "--checkpoint", str(run_dir / "best.pt"), "--output", str(tmp_path / "ev"),
-                     "--progress", "false"])
+    out = eval_main(["--import", str(module), "--checkpoint", str(run_dir / "best.pt"),
+                     "--output", str(tmp_path / "ev"), "--progress", "false"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_samples"] == 12  # 20% of the 60 arrays, carved as the run carved them
 
