@@ -4,6 +4,7 @@ evaluation, ``check_data``)."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import numpy as np
@@ -140,6 +141,7 @@ def test_user_module_by_name_and_the_python_api(tmp_path, monkeypatch):
     write_user_module(tmp_path, "api_stripes")
     monkeypatch.chdir(tmp_path)  # --import NAME finds modules in the current folder, as python -m does
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "api_stripes_module", raising=False)  # imported afresh, so it registers
     from classifier.commands import import_user_modules
 
     import_user_modules(["api_stripes_module"])
