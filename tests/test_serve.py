@@ -315,8 +315,9 @@ def test_timeouts_slow_upload_408_and_slow_model_503(artifacts):
     try:
         with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:  # sends half its body, then waits
             sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + bytes(50))
-            answer = sock.recv(4096).decode()
-        assert answer.startswith("HTTP/1.1 408") and '"error"' in answer
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            assert answer.status == 408 and "not received within" in json.loads(answer.read())["error"]
         status, _, body = request(s.port, "POST", "/predict", artifacts["images"][0].read_bytes())
         assert status == 503 and "not answered within" in json.loads(body)["error"]
         time.sleep(1.2)  # the slow call ends; the server answers again
@@ -347,13 +348,17 @@ def test_batcher_merges_up_to_max_batch_and_isolates_a_failing_request():
             raise ValueError("bad item")
         return [i * 2 for i in items]
 
-    batcher = Batcher(run_batch, max_batch=4, max_delay_s=0.2).start()
+    batcher = Batcher(run_batch, max_batch=4, max_delay_s=0.3).start()
     try:
-        futures = [batcher.submit([i]) for i in range(3)] + [batcher.submit([7, 8])] + [batcher.submit(["bad"])]
-        assert [f.result(5) for f in futures[:4]] == [[0], [2], [4], [14, 16]]
-        with pytest.raises(ValueError):
-            futures[4].result(5)
+        with batcher.coming():  # a request on its way: the first one waits for the others
+            futures = [batcher.submit([i]) for i in range(3)] + [batcher.submit([7, 8])] + [batcher.submit(["bad"])]
+            assert [f.result(5) for f in futures[:4]] == [[0], [2], [4], [14, 16]]
+            with pytest.raises(ValueError):
+                futures[4].result(5)
         assert max(calls) <= 4 and calls[0] == 3  # 3 singles merged; the pair did not fit (3 + 2 > 4)
+        batcher.max_delay_s = 30.0
+        started = time.monotonic()
+        assert batcher.submit([5]).result(10) == [10] and time.monotonic() - started < 5  # alone: no wait
     finally:
         batcher.stop()
 
@@ -393,11 +398,24 @@ def test_short_load_merges_concurrent_requests_without_errors(server, artifacts)
 
 # --- SIGTERM ----------------------------------------------------------------------------------------------------
 def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(artifacts):
+    """6 requests wait in the batcher (2 s delay) and 2 clients keep posting when SIGTERM arrives: every
+    request the server took is answered 200 (the clients saw as many 200s as the server logged), the
+    others are refused at connect, and the process exits 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--model", str(artifacts["onnx"]), "--port", "0",
                              "--max-delay-ms", "2000", "--max-batch", "64"], cwd=REPO, env=env,
                             stderr=subprocess.PIPE, text=True)
-    lines = []
+    lines, statuses, refused, stop = [], [], [], threading.Event()
+    body = artifacts["images"][0].read_bytes()
+
+    def keep_posting():
+        while not stop.is_set():
+            try:
+                statuses.append(request(port, "POST", "/predict", body)[0])
+            except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected) as err:
+                refused.append(type(err).__name__)  # not taken: the server had stopped listening
+                return
+
     try:
         port = None
         deadline = time.monotonic() + 90
@@ -407,23 +425,31 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(artifacts
             found = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
             port = int(found.group(1)) if found else None
             assert line or proc.poll() is None, "".join(lines)
-        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-        body = artifacts["images"][0].read_bytes()
-        with ThreadPoolExecutor(6) as pool:
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        with ThreadPoolExecutor(8) as pool:
             held = [pool.submit(request, port, "POST", "/predict", body) for _ in range(6)]
+            load = [pool.submit(keep_posting) for _ in range(2)]
             wait = time.monotonic() + 20
-            while metric(port, "classifier_requests_in_flight") < 7:  # 6 waiting in the batcher + this one
+            while metric(port, "classifier_requests_in_flight") < 9:  # 6 held + 2 load clients + this one
                 assert time.monotonic() < wait, "the requests never reached the server"
                 time.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             answers = [f.result(30) for f in held]
+            for f in load:
+                f.result(30)
+            stop.set()
         assert [a[0] for a in answers] == [200] * 6
         assert all(json.loads(a[2])[0]["label"] in CLASSES for a in answers)
+        assert statuses and set(statuses) == {200}
         assert proc.wait(30) == 0
+        reader.join(10)
         with pytest.raises(OSError):  # no longer listening
             request(port, "GET", "/v2/health/live", timeout=2)
     finally:
+        stop.set()
         if proc.poll() is None:
             proc.kill()
     log = "".join(lines)
-    assert len(re.findall(r"POST /predict 200 \d+\.\d ms", log)) == 6, log
+    assert len(re.findall(r"POST /predict 200 \d+\.\d ms", log)) == 6 + len(statuses), log
+    assert "POST /predict 5" not in log

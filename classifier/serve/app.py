@@ -114,8 +114,9 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = v2.MODEL_VERSION):
         check_name(name)
-        body = await request.body()
-        req, tensor = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH), predictor)
+        with batcher.coming():
+            body = await request.body()
+            req, tensor = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH), predictor)
         rows = await run_model(request, [("tensor", row) for row in tensor])
         metrics.images.labels("v2").inc(len(rows))
         logits = np.stack(rows)
@@ -128,8 +129,9 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
     async def predict(request: Request, topk: int = TOPK_DEFAULT):
         if topk < 1:
             raise HTTPException(400, f"topk must be at least 1, got {topk}")
-        uploads = await read_images(request)
-        images = await run_in_threadpool(decode, uploads, predictor.prep.channels)
+        with batcher.coming():
+            uploads = await read_images(request)
+            images = await run_in_threadpool(decode, uploads, predictor.prep.channels)
         predictions = await run_model(request, [("image", im) for im in images])
         metrics.images.labels("predict").inc(len(predictions))
         return [item(p, topk, name) for p, (name, _) in zip(predictions, uploads)]

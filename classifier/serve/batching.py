@@ -1,10 +1,13 @@
 """Dynamic batching: requests that arrive together are merged into one model call.
 
 A request submits its items (images, or rows of a V2 tensor); one worker thread takes the oldest
-request, then keeps taking requests that arrive within ``max_delay_s`` of it while the merged batch
-stays within ``max_batch`` items, and runs ``run_batch`` once on all of them. A request is never
-split: one larger than ``max_batch`` runs alone. ``max_batch=1`` turns batching off (one call per
-request, in arrival order, on the same single worker: the comparison the benchmark makes).
+request, then takes the requests already queued and those that arrive within ``max_delay_s`` of it
+while the merged batch stays within ``max_batch`` items, and runs ``run_batch`` once on all of them.
+It waits for late arrivals only while some request is on its way (announced with ``coming()``: its
+body is being read or decoded): a lone request is not delayed, and under load the queue fills while
+the model runs. A request is never split: one larger than ``max_batch`` runs alone. ``max_batch=1``
+turns batching off (one call per request, in arrival order, on the same single worker: the
+comparison the benchmark makes).
 
 One worker thread means one model call at a time: the model's own threads (ONNX Runtime's intra-op
 pool, PyTorch's) use the cores, and requests do not compete for them.
@@ -15,6 +18,7 @@ and the requests merged with it still get their answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -40,6 +44,7 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue()
         self._held: _Job | None = None  # taken from the queue but did not fit the previous batch
         self._thread: threading.Thread | None = None
+        self._incoming, self._lock = 0, threading.Lock()  # requests on their way (coming())
 
     @property
     def running(self) -> bool:
@@ -56,6 +61,18 @@ class Batcher:
         if self.running:
             self._queue.put(None)
             self._thread.join(timeout)
+
+    @contextlib.contextmanager
+    def coming(self):
+        """Around the reading and decoding of a request that will submit: a batch waits for it (up to
+        ``max_delay_s``) rather than leaving without it."""
+        with self._lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._incoming -= 1
 
     def submit(self, items: list) -> Future:
         """Queue ``items``; the future holds their results (or the exception of their call)."""
@@ -89,9 +106,9 @@ class Batcher:
         jobs, size = [first], len(first.items)
         deadline = first.arrived + self.max_delay_s
         while size < self.max_batch:
+            wait = deadline - time.monotonic() if self._incoming else 0.0
             try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) \
-                    if deadline > time.monotonic() else self._queue.get_nowait()
+                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:

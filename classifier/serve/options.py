@@ -54,5 +54,6 @@ HELP = {
     "max_body_mb": "largest request body accepted (413 above it)",
     "timeout_s": "a request not answered within this many seconds gets 408 (slow upload) or 503 (busy)",
     "workers": "server processes (each loads the model; one port, the kernel spreads connections)",
-    "threads": "ONNX Runtime intra-op threads per process (0: ONNX Runtime's choice)",
+    "threads": "ONNX Runtime intra-op threads per process (0: ONNX Runtime's choice); Model.serve keeps the "
+               "model as loaded (classifier.load(path, threads=N)) and applies it to --workers processes",
 }
