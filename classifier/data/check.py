@@ -70,6 +70,7 @@ def check_splits(classes: list[str], splits: dict[str, Samples], *, figure: str 
         "format": FORMAT,
         "classes": list(classes),
         "counts": counts,
+        "images": {name: len(s) for name, s in splits.items()},  # = the counts' sums unless multi-label
         "imbalance": round(max(train) / min(train), 2) if min(train) else None,
         "modes": dict(modes.most_common()),
         "sizes": dict(sizes.most_common()),  # width x height
@@ -321,7 +322,7 @@ def summary_lines(report: dict) -> list[str]:
     """A short console summary; the report file has every entry."""
     classes, counts = report["classes"], report["counts"]
     train = counts.get("train", [])
-    sizes = ", ".join(f"{name} {sum(c)}" for name, c in counts.items())
+    sizes = ", ".join(f"{name} {report.get('images', {}).get(name, sum(c))}" for name, c in counts.items())
     lines = [f"data check: {len(classes)} classes; images {sizes}"]
     if train:
         lo, hi = int(np.argmin(train)), int(np.argmax(train))
