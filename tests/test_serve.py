@@ -176,7 +176,7 @@ def test_tritonclient_metadata_and_infer_equal_onnx_runtime(server, artifacts):
 
 # --- /predict ----------------------------------------------------------------------------------------------
 def test_predict_equals_model_predict(server, artifacts):
-    files = artifacts["images"]
+    files = artifacts["images"] * 2  # 10 images: more than --max-batch 8, predicted in two chunks
     expected = classifier.load(artifacts["onnx"]).predict([str(f) for f in files], topk=2)
     status, _, body = predict(server.port, [(f.name, f.read_bytes()) for f in files], query="?topk=2")
     assert status == 200, body

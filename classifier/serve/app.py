@@ -55,7 +55,7 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
     options = options or ServeOptions()
     predictor = model.predictor
     metrics = ServerMetrics()
-    batcher = Batcher(lambda items: run_batch(model, items), max_batch=options.max_batch,
+    batcher = Batcher(lambda items: run_batch(model, items, options.max_batch), max_batch=options.max_batch,
                       max_delay_s=options.max_delay_ms / 1000, on_batch=metrics.batch_size.observe)
     state = {"ready": False}
 
@@ -146,22 +146,25 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
 
 # --- the model call ---------------------------------------------------------------------------------------
 
-def run_batch(model, items: list) -> list:
+def run_batch(model, items: list, max_batch: int) -> list:
     """One model call's worth of merged requests: ("image", HWC uint8) -> a Prediction from
-    ``model.predict``; ("tensor", CHW row) -> its logits. Same-shaped items run together."""
+    ``model.predict``; ("tensor", CHW row) -> its logits. Same-shaped items run together; a request
+    with more images than ``max_batch`` is predicted in chunks of that many."""
     results = [None] * len(items)
     images = sorted((i for i, (kind, _) in enumerate(items) if kind == "image"), key=lambda i: items[i][1].shape)
     if images:
-        predictions = model.predict([items[i][1] for i in images], topk=len(model.classes), batch_size=len(images))
+        predictions = model.predict([items[i][1] for i in images], topk=len(model.classes),
+                                    batch_size=max(max_batch, 1))
         for i, p in zip(images, predictions):
             results[i] = p
     tensors = {}
     for i, (kind, row) in enumerate(items):
         if kind == "tensor":
             tensors.setdefault((row.shape, row.dtype), []).append(i)
-    for idx in tensors.values():
-        logits = model.predictor.logits(np.stack([items[i][1] for i in idx]))
-        for i, row in zip(idx, logits):
+    chunks = [idx[k:k + max_batch] for idx in tensors.values() for k in range(0, len(idx), max_batch)]
+    for chunk in chunks:
+        logits = model.predictor.logits(np.stack([items[i][1] for i in chunk]))
+        for i, row in zip(chunk, logits):
             results[i] = row
     return results
 

@@ -11,8 +11,8 @@ Request (JSON, or JSON followed by raw tensor bytes whose JSON length is in the
 The model has one input (``input``: what ``Predictor.prepare`` makes: normalised FP32, or UINT8
 pixels for a graph with embedded preprocessing) and two outputs: ``logits`` (what the exported graph
 computes, averaged with the mirror image's for a run evaluated with the test-time flip) and
-``probabilities`` (their softmax; a sigmoid per class for a multi-label model). Any problem with a request is a ``V2Error`` with an HTTP status
-and a one-line message, answered as ``{"error": "..."}``.
+``probabilities`` (their softmax; a sigmoid per class for a multi-label model). Any problem with a
+request is a ``V2Error`` with an HTTP status and a one-line message, answered as ``{"error": "..."}``.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def model_metadata(name: str, predictor) -> dict:
     return {
         "name": name,
         "versions": [MODEL_VERSION],
-        "platform": "onnxruntime_onnx" if predictor.backend == "onnxruntime" else "pytorch_libtorch",
+        "platform": "onnxruntime_onnx" if predictor.backend == "onnxruntime" else "pytorch",
         "inputs": [{"name": INPUT_NAME, "datatype": datatype, "shape": shape}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, classes]},
                     {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, classes]}],
