@@ -6,6 +6,7 @@ from pathlib import Path
 
 from classifier.data import Samples, run_splits
 from classifier.data.sources.arrays import arrays_dataset
+from classifier.data.sources.csv import labelled_csv
 from classifier.data.sources.folder import labelled_folder
 from classifier.data.splits import evaluation_split
 from classifier.errors import ClassifierError
@@ -17,13 +18,17 @@ def evaluation_samples(data, split: str | None, data_dir, *, model_path: Path, c
     title) and a short name for the report folder.
 
     ``data``: None (the split recorded in split.json beside the model), a folder of class sub-folders
-    (labelled by class name), a dataset spec (split as the run was), or ``(images, labels)`` arrays.
+    (labelled by class name), a label CSV file (every row; classifier/data/sources/csv.py), a dataset spec
+    (split as the run was), or ``(images, labels)`` arrays.
     """
     if isinstance(data, (tuple, list)):
         info, official = arrays_dataset(*data, class_names=classes)
         return official["train"], f"{len(official['train'])} images from memory", "arrays"
     if data is not None and Path(str(data)).is_dir():
         return labelled_folder(str(data), classes), f"folder {data}", Path(str(data)).name
+    if data is not None and str(data).lower().endswith(".csv") and Path(str(data)).is_file():  # every row
+        multilabel = (metadata.get("task") or (metadata.get("config") or {}).get("task")) == "multilabel"
+        return labelled_csv(str(data), classes, multilabel), f"label file {data}", Path(str(data)).stem
     config = metadata.get("config") or {"dataset": metadata.get("dataset")}
     record = Path(model_path).parent / "split.json"
     if data is None and not record.exists() and not config.get("dataset"):

@@ -189,6 +189,9 @@ def test_evaluation_reports_multilabel_metrics(ml_run, tmp_path):
     report = classifier.load(run.dir / "best.pt").evaluate(output=tmp_path / "ev", threshold=0.5)
     assert report.metrics["thresholds"] == [0.5] * 3 and report.metrics["mAP"] == pytest.approx(metrics["mAP"])
     assert "mAP" in (tmp_path / "ev" / "report.md").read_text()
+    every_row = classifier.load(run.dir / "best.pt").evaluate(str(labels), output=tmp_path / "csv", progress=False)
+    assert every_row.metrics["n_samples"] == 96 and every_row.metrics["task"] == "multilabel"
+    assert "val_mAP" in (run.dir / "history.csv").read_text().splitlines()[0]
 
 
 def test_resume_continues_a_multilabel_run_exactly(ml_run, tmp_path):

@@ -71,7 +71,9 @@ def print_epoch(run, row: dict) -> None:
 def write_history(run, row: dict) -> None:
     """Rewrite history.csv from the run's full history (stays consistent across resumes)."""
     with atomic_target(Path(run.dir) / "history.csv", "training history") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        multilabel = any("val_mAP" in row for row in run.state.history)  # a column of multi-label runs only
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS + (("val_mAP",) if multilabel else ()),
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(run.state.history)
 

@@ -142,7 +142,16 @@ def _file_problem(path: str) -> str | None:
 
 def load_label_csv(path: str | os.PathLike) -> LabelTable:
     """``parse_label_csv``, with bad rows an error naming them (first few, and how many)."""
-    table = parse_label_csv(path)
+    table = checked(parse_label_csv(path), path)
+    if len(table.classes) < 2 and not table.multilabel:
+        raise ClassifierError(f"label file '{path}' has {len(table.classes)} class(es); at least 2 are needed")
+    if not table.classes:
+        raise ClassifierError(f"label file '{path}' has no labels at all")
+    return table
+
+
+def checked(table: LabelTable, path) -> LabelTable:
+    """The table, or the error naming its bad rows (first few, and how many) or saying it lists nothing."""
     if table.problems:
         shown = "; ".join(f"line {line} '{file}': {reason}" for line, file, reason in table.problems[:SHOWN_PROBLEMS])
         more = len(table.problems) - SHOWN_PROBLEMS
@@ -150,11 +159,29 @@ def load_label_csv(path: str | os.PathLike) -> LabelTable:
                                                                                      else ""))
     if not table.rows:
         raise ClassifierError(f"label file '{path}' lists no images")
-    if len(table.classes) < 2 and not table.multilabel:
-        raise ClassifierError(f"label file '{path}' has {len(table.classes)} class(es); at least 2 are needed")
-    if not table.classes:
-        raise ClassifierError(f"label file '{path}' has no labels at all")
     return table
+
+
+def labelled_csv(path: str | os.PathLike, model_classes: list[str], multilabel: bool) -> Samples:
+    """Every row of a label CSV (its split column ignored), labelled for a model's classes by name, for
+    evaluation. Single-label models: class indices, -1 for a class the model does not know (predicted and
+    listed, not counted); multi-label models: a 0/1 matrix over the model's classes (unknown labels
+    dropped). Unknown names are printed."""
+    table = checked(parse_label_csv(path), path)
+    if table.multilabel and not multilabel:
+        raise ClassifierError(f"'{path}' gives some images several labels or none, and the model is single-label")
+    index = {c: i for i, c in enumerate(model_classes)}
+    unknown = sorted({c for r in table.rows for c in r.labels} - set(index))
+    if unknown:
+        print(f"labels the model does not know (not counted): {', '.join(unknown[:10])}"
+              + (" ..." if len(unknown) > 10 else ""))
+    if multilabel:
+        labels = np.zeros((len(table.rows), len(model_classes)), np.uint8)
+        for k, r in enumerate(table.rows):
+            labels[k, [index[c] for c in r.labels if c in index]] = 1
+    else:
+        labels = np.array([index.get(r.labels[0], -1) for r in table.rows], np.int64)
+    return Samples(labels=labels, paths=[r.path for r in table.rows], root=table.root, source="test")
 
 
 def ordered_rows(table: LabelTable, rows: list[LabelRow]) -> list[LabelRow]:
