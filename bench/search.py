@@ -11,7 +11,8 @@ official training set; never the test split), with ``--model`` from scratch:
 1. defaults: one run with no tuned setting at ``--epochs`` epochs, and one at trials x epochs (the search's
    whole epoch budget in one run);
 2. the search: ``--trials`` trials of ``--epochs`` epochs each (Optuna backend, TPE + median pruning);
-   best validation accuracy of the best trial, and wall time;
+   best validation accuracy of the best trial, and wall time; then the best trial's settings (best.yaml)
+   trained for trials x epochs, against the defaults at that length;
 3. the same number of trials (``--ray-trials``) on both backends: Optuna (one after another in this process)
    and Ray Tune with 2 trials in parallel at 1 CPU each (wall time, Ray's start included).
 
@@ -71,6 +72,12 @@ def main(argv=None) -> None:
     rows.append((f"search, {args.trials} trials (optuna)", len(result.trials), epochs_run,
                  result.best["val_acc"] if result.best else float("nan"), wall))
     best = result.best
+    if best:  # do the searched settings keep their lead when trained for the whole budget?
+        long = args.epochs * args.trials
+        shutil.rmtree(out / f"best-{long}", ignore_errors=True)
+        run, wall = timed(classifier.train, result.best_yaml, epochs=long, project=str(out), name=f"best-{long}",
+                          eval_test=False)
+        rows.append((f"best trial's settings, {long} epochs", 1, long, best_val(run), wall))
 
     if not args.skip_ray:
         for backend in ("optuna", "ray"):

@@ -123,8 +123,9 @@ def run(study: Study, trials: int, *, seed: int = 0, resources=None, parallel: i
             # a new study starts from the defaults (Ray takes whole points only)
             points_to_evaluate=[study.defaults] if not before and len(study.defaults) == len(study.space) else None,
             storage=optuna.storages.RDBStorage(study.storage_url), study_name=STUDY_NAME)
+        # ASHA's first rung after a third of the epochs, as the Optuna backend's pruner
         scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=study.epochs,
-                                  grace_period=1)
+                                  grace_period=min(study.epochs, study.epochs // 3 + 1))
         budget = None
         if study.deadline is not None:
             budget = max(study.deadline - time.time(), 1.0)
@@ -132,7 +133,8 @@ def run(study: Study, trials: int, *, seed: int = 0, resources=None, parallel: i
         tuner = tune.Tuner(job, tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler,
                                                             num_samples=trials - done, max_concurrent_trials=parallel,
                                                             time_budget_s=budget),
-                           run_config=tune.RunConfig(storage_path=str(study.dir / "ray"), name="tune",
+                           run_config=tune.RunConfig(storage_path=str(study.dir / "ray"),
+                                                     name=time.strftime("tune-%Y%m%d-%H%M%S"),  # one per command
                                                      verbose=verbose))
         results = tuner.fit()
         errors = [r.error for r in results if r.error is not None]

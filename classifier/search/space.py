@@ -71,13 +71,15 @@ def build_space(block: dict | None, cfg, given: dict) -> dict:
 def _distribution(name: str, spec):
     if name not in FIELDS:
         close = difflib.get_close_matches(name, FIELDS, n=1)
-        raise ClassifierError(f"search: unknown config key '{name}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ClassifierError(f"search: unknown config key '{name}'{hint}")
     if name in NOT_SEARCHABLE:
         raise ClassifierError(f"search: '{name}' cannot vary between trials (a study compares trials of one "
                               "model, data and run length); set it as a plain setting")
     if isinstance(spec, (list, tuple)):
         if not spec or not all(v is None or isinstance(v, (bool, int, float, str)) for v in spec):
-            raise ClassifierError(f"search: {name} takes a non-empty list of plain values (numbers, names), got {spec!r}")
+            raise ClassifierError(f"search: {name} takes a non-empty list of plain values (numbers, names), "
+                                  f"got {spec!r}")
         return optuna.distributions.CategoricalDistribution(list(spec))
     if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log", "step"}:
         raise ClassifierError(f"search: {name} takes {{low: A, high: B[, log: true][, step: S]}} or a list of "

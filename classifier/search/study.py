@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from classifier.config import resolve
+from classifier.config import RESUMABLE_KEYS, resolve
 from classifier.errors import ClassifierError, unknown_choice
 from classifier.fileio import atomic_target, atomic_write_text, make_output_dir
 from classifier.inputs import in_memory_dataset
@@ -151,7 +151,9 @@ def _end_tracking(tracker, result: "TuneResult", status: str) -> None:
 
 def _check_same_study(run_dir: Path, given: dict, space: dict) -> None:
     """RUN/tune.yaml: a re-run continues the study only with the same settings and space."""
-    record = {"settings": _plain(given), "space": space}
+    # what the trials compute; logging and hardware (a resume's changeable keys, but epochs) may differ
+    record = {"settings": _plain({k: v for k, v in given.items() if k == "epochs" or k not in RESUMABLE_KEYS}),
+              "space": space}
     path = run_dir / "tune.yaml"
     if path.is_file():
         saved = yaml.safe_load(path.read_text()) or {}
@@ -241,7 +243,8 @@ def _plots(study: Study) -> None:
         return
     import matplotlib.pyplot as plt
 
-    for name, draw in (("history.png", oplt.plot_optimization_history), ("importance.png", oplt.plot_param_importances)):
+    plots = (("history.png", oplt.plot_optimization_history), ("importance.png", oplt.plot_param_importances))
+    for name, draw in plots:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
