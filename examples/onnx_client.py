@@ -17,6 +17,10 @@ recipe for a deployment in any language:
     3. run, softmax the "logits" output, look the index up in ``classes``; a multi-label model
        (``task`` = ``multilabel``) takes a sigmoid per class instead, and its labels are every class whose
        probability is at least its entry in ``thresholds`` (a JSON list in class order; maybe none)
+    4. calibration: divide the logits by ``temperature`` (when present) before the softmax
+    5. "unknown" (``--reject``): below ``reject_threshold`` of the score named by ``ood_score`` the answer is
+       "unknown": ``msp`` = the top probability, ``energy`` = temperature * logsumexp(logits / temperature),
+       feature scores (``mahalanobis``, ``knn``) = the graph's second output ``ood_score``
 
 The toolkit resizes with torch's antialiased bilinear filter; Pillow's bilinear filter is very close
 but not bit-identical, so images not already at the model's size may differ in the last digits. A
@@ -96,14 +100,26 @@ def apply_policy(image: Image.Image, size, policy: str) -> Image.Image:
 
 
 def classify(session, meta: dict, image_path: str) -> np.ndarray:
+    return classify_with_score(session, meta, image_path)[0]
+
+
+def classify_with_score(session, meta: dict, image_path: str):
+    """(probabilities, "unknown" score or None): higher scores are more like the model's classes."""
     x, name = preprocess(image_path, meta), session.get_inputs()[0].name
-    logits = session.run(None, {name: x})[0][0]
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {name: x})))
+    logits = outputs["logits"][0] if "logits" in outputs else next(iter(outputs.values()))[0]
     if meta.get("tta_flip") == "true":  # the model was evaluated on each image and its mirror image
         logits = (logits + session.run(None, {name: np.ascontiguousarray(x[..., ::-1])})[0][0]) / 2
+    temperature = float(meta.get("temperature", 1.0))  # fitted on validation: calibrated probabilities
+    logits = logits.astype(np.float64) / temperature
     if meta.get("task") == "multilabel":  # one independent probability per class
-        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        return 1.0 / (1.0 + np.exp(-logits)), None
     exp = np.exp(logits - logits.max())
-    return exp / exp.sum()
+    probs = exp / exp.sum()
+    score = {"msp": probs.max(), "energy": temperature * (logits.max() + np.log(exp.sum()))}.get(meta.get("ood_score"))
+    if score is None and "ood_score" in outputs:
+        score = float(outputs["ood_score"][0])
+    return probs, score
 
 
 def label_set(meta: dict, probs: np.ndarray, threshold: float | None = None) -> list[int]:
@@ -119,11 +135,18 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=3, help="how many classes to show per image")
     parser.add_argument("--threshold", type=float, default=None,
                         help="multi-label models: this threshold for every class instead of the fitted ones")
+    parser.add_argument("--reject", action="store_true",
+                        help="answer 'unknown' below the model's stored rejection threshold")
     args = parser.parse_args()
     session, meta = load_model(args.model)
     classes = json.loads(meta["classes"])
+    if args.reject and "reject_threshold" not in meta:
+        raise SystemExit(f"error: {args.model} has no reject_threshold (export it again from its checkpoint)")
     for path in args.images:
-        probs = classify(session, meta, path)
+        probs, score = classify_with_score(session, meta, path)
+        if args.reject and score is not None and score < float(meta["reject_threshold"]):
+            print(f"unknown\t{path}\t({meta['ood_score']} score {score:.4g} < {float(meta['reject_threshold']):.4g})")
+            continue
         if meta.get("task") == "multilabel":
             chosen = label_set(meta, probs, args.threshold)
             print(" ".join(classes[i] for i in chosen) + f"\t{path}\t("

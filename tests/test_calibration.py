@@ -94,3 +94,69 @@ def test_calibrate_false_and_old_checkpoints_keep_the_raw_softmax(tmp_path):
     z = ckpt["temperature"] * np.log(p_new)
     np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(1, keepdims=True), p_old, atol=1e-4)
     assert not np.allclose(p_old, p_new, atol=1e-3)  # and the temperature did change them
+
+
+def test_browser_page_shows_the_calibrated_probabilities_and_the_cam(tmp_path):
+    """The page divides the logits by the metadata's temperature (same probabilities as predict on the
+    checkpoint, 1e-5) and overlays the graph's cam output (export --web --cam)."""
+    import threading
+
+    import classifier
+    from classifier.export import web
+    from tests import test_web
+    from tests.trust_run import trust_run
+
+    run, _, data = trust_run()
+    test_web.runtime_or_skip()
+    page = classifier.load(run.dir / "best.pt").export_web(tmp_path / "site" / "page", cam=True)
+    driver_gen = test_web.browser.__wrapped__(_Factory(tmp_path))
+    driver = next(driver_gen)
+    server = web.make_server(tmp_path / "site", port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        state, message = test_web.open_page(driver, web.server_url(server) + "page/")
+        assert state == "ready", message
+        files = sorted(data.rglob("*.png"))[:6]
+        test_web.upload(driver, files)
+        got = test_web.results(driver, "fp32", len(files))
+        expected = classifier.load(run.dir / "best.pt").predict(files)
+        np.testing.assert_allclose([got[p.name] for p in files], [p.probs for p in expected], atol=1e-5)
+        assert driver.execute_script("return document.querySelectorAll('.result canvas.cam').length") == len(files)
+    finally:
+        server.shutdown()
+        server.server_close()
+        next(driver_gen, None)
+    assert (page / "metadata.json").is_file()
+
+
+class _Factory:
+    """The minimum of pytest's tmp_path_factory that test_web's browser fixture uses."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def mktemp(self, name):
+        path = self.root / name
+        path.mkdir()
+        return path
+
+
+def test_onnx_client_example_applies_the_temperature():
+    import importlib.util
+    from pathlib import Path
+
+    import classifier
+    from tests.trust_run import trust_run
+
+    run, onnx_path, data = trust_run()
+    spec = importlib.util.spec_from_file_location("onnx_client", Path(__file__).resolve().parents[1] / "examples"
+                                                  / "onnx_client.py")
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    session, meta = client.load_model(str(onnx_path))
+    files = sorted(data.rglob("*.png"))[:4]  # at the model's size: no resize differences
+    expected = classifier.load(run.dir / "best.pt").predict(files, reject=True)
+    for path, prediction in zip(files, expected):
+        probs, score = client.classify_with_score(session, meta, str(path))
+        np.testing.assert_allclose(probs, prediction.probs, atol=1e-5)
+        assert score == pytest.approx(prediction.ood_score, rel=1e-3)  # float32: the graph sums in its own order

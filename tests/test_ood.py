@@ -16,7 +16,7 @@ def test_threshold_keeps_the_stated_share(keep):
     t = threshold_keeping(scores, keep)
     kept = (scores >= t).mean()
     assert kept >= keep
-    assert (scores > t).mean() < keep  # the largest such threshold: one notch higher keeps too few
+    assert (scores > t + 2e-5 * max(1, abs(t))).mean() < keep  # the largest such, up to float noise
 
 
 def test_threshold_refuses_bad_share():
@@ -84,7 +84,7 @@ def test_run_threshold_keeps_the_share_and_reject_answers_unknown(tmp_path):
     files = sorted(data.rglob("*.png"))[:6] + sorted(noise.glob("*.png"))
     pt = classifier.load(run.dir / "best.pt").predict(files, reject=True)
     ox = classifier.load(onnx_path).predict(files, reject=True)
-    np.testing.assert_allclose([p.ood_score for p in pt], [p.ood_score for p in ox], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([p.ood_score for p in pt], [p.ood_score for p in ox], rtol=1e-3)
     assert [p.label for p in pt] == [p.label for p in ox]
     assert all((p.label == "unknown") == (p.ood_score < ood["threshold"]) for p in pt)
     out = eval_main(["--checkpoint", str(run.dir / "best.pt"), str(data), "--ood", str(noise),

@@ -258,7 +258,7 @@ def build_web(job: ExportJob) -> Path:
     images, what = parity_images(job.prep, job.data) if opts.verify else (None, "")
     folder = export_web(job.model, job.prep, job.metadata, out_dir, verify_images=images, opset=opts.opset,
                         quantize=opts.quantize_method if "int8" in opts.requested() else None,
-                        calibration=int8_calibration(job))
+                        calibration=int8_calibration(job), cam=opts.cam)
     for web_model in folder.models:
         print(f"{web_model.precision}: {web_model.path} ({web_model.note})")
         job.rows.append(Row(f"web {web_model.precision}", web_model.path))

@@ -30,13 +30,14 @@ from pathlib import Path
 
 from torch import nn
 
-from classifier.artifact import read_metadata
+from classifier.artifact import OUTPUT_NAME, read_metadata
 from classifier.cache import cache_dir
 from classifier.errors import ClassifierError
 from classifier.export.onnx import export_onnx, verify_onnx
 from classifier.export.quantize import quantize_int8
 from classifier.inference import flip_averaged
 from classifier.preprocess import Preprocessing
+from classifier.trust.graph import TrustGraph
 
 ORT_WEB_VERSION = "1.30.0"
 # npm's dist.integrity of onnxruntime-web@1.30.0: the tarball is checked against it before use.
@@ -76,18 +77,25 @@ class WebFolder:
 
 
 def export_web(model: nn.Module, prep: Preprocessing, metadata: dict, out_dir, *, verify_images=None,
-               quantize: str | None = None, calibration=None, opset: int | None = None) -> WebFolder:
+               quantize: str | None = None, calibration=None, opset: int | None = None,
+               cam: bool = False) -> WebFolder:
     """Write the page folder ``out_dir`` for ``model`` (``metadata``: ``checkpoint_metadata`` of its run).
 
     ``verify_images``: uint8 HWC images the fp32 web graph is checked on against PyTorch (the same
     parity targets as ``export.py``); ``quantize``: None, "static" or "dynamic" adds an int8 model;
-    ``calibration``: fp32 model path -> model-input batches, for static quantization.
+    ``calibration``: fp32 model path -> model-input batches, for static quantization; ``cam``: a second
+    output, the top class's activation map, which the page overlays on each image (classifier/trust/).
     """
     folder = WebFolder(_prepare_folder(out_dir))
     runtime = onnxruntime_web()  # before the slow export: offline, fail at once
     net, web_meta = web_graph(model, metadata)
+    if cam and net is not model:
+        raise ClassifierError("--cam: the page's graph averages each image with its mirror image (tta_flip); "
+                              "its activation map is not exported")
+    graph = TrustGraph(model, cam=True) if cam else net  # the logits first: the parity check compares those
     fp32 = folder.path / "model.onnx"
-    export_onnx(net, prep, web_meta, fp32, embed_preprocessing=True, opset=opset)
+    export_onnx(graph, prep, web_meta, fp32, embed_preprocessing=True, opset=opset,
+                outputs=graph.output_names if cam else (OUTPUT_NAME,))
     note = "not verified"
     if verify_images is not None and len(verify_images):
         try:

@@ -40,23 +40,6 @@ def energy_score(logits, temperature: float = 1.0, stats=None) -> np.ndarray:
     return (temperature * torch.logsumexp(_logits(logits) / temperature, dim=1)).numpy()
 
 
-def mahalanobis_score(features, stats: dict) -> np.ndarray:
-    f = _logits(features)
-    means, precision = _logits(stats["means"]), _logits(stats["precision"])
-    # (f - mu)^T P (f - mu) for every class, expanded: f^T P f - 2 f^T P mu + mu^T P mu
-    fp = f @ precision
-    d = (fp * f).sum(1, keepdim=True) - 2 * fp @ means.T + ((means @ precision) * means).sum(1)[None]
-    return (-d.min(dim=1).values).numpy()
-
-
-def knn_score(features, stats: dict) -> np.ndarray:
-    f = torch.nn.functional.normalize(_logits(features), dim=1)
-    bank = _logits(stats["bank"])
-    k = min(int(stats.get("k", KNN_K)), len(bank))
-    sims = (f @ bank.T).topk(k, dim=1).values[:, -1]
-    return (-torch.sqrt(torch.clamp(2 - 2 * sims, min=0))).numpy()
-
-
 @dataclass(frozen=True)
 class OODScore:
     name: str
@@ -96,7 +79,9 @@ def fit_feature_stats(name: str, features, labels, num_classes: int, *, seed: in
     cov = centred.T @ centred / max(len(f) - 1, 1)
     cov += SHRINKAGE * max(np.trace(cov) / len(cov), 1e-12) * np.eye(len(cov))
     means = means[present]  # classes without training features take no part
-    return {"means": means.astype(np.float32), "precision": np.linalg.inv(cov).astype(np.float32)}
+    centre = means.mean(0)  # subtracted first: smaller numbers, less float32 cancellation in the expanded form
+    return {"means": (means - centre).astype(np.float32), "precision": np.linalg.inv(cov).astype(np.float32),
+            "centre": centre.astype(np.float32)}
 
 
 def ood_scores(name: str, logits, features=None, *, temperature: float = 1.0, stats: dict | None = None) -> np.ndarray:
@@ -107,7 +92,8 @@ def ood_scores(name: str, logits, features=None, *, temperature: float = 1.0, st
     if features is None or stats is None:
         raise ClassifierError(f"the {name} score needs the model's features and fitted statistics; "
                               "this model carries none (export it from its checkpoint again)")
-    return {"mahalanobis": mahalanobis_score, "knn": knn_score}[name](features, stats)
+    with torch.inference_mode():  # the exported graph's own operations, so every backend gives the same numbers
+        return FeatureScore(name, stats)(torch.as_tensor(np.asarray(features), dtype=torch.float32)).double().numpy()
 
 
 def threshold_keeping(scores, keep: float = DEFAULT_KEEP) -> float:
@@ -117,7 +103,8 @@ def threshold_keeping(scores, keep: float = DEFAULT_KEEP) -> float:
         raise ClassifierError(f"the share of validation images to keep must be in (0, 1], got {keep}")
     if not len(scores):
         raise ClassifierError("no validation images to choose a rejection threshold on")
-    return float(scores[int(np.floor(len(scores) * (1 - keep) + 1e-9))])
+    t = float(scores[int(np.floor(len(scores) * (1 - keep) + 1e-9))])
+    return t - 1e-5 * max(1.0, abs(t))  # a hair below that image's score: float noise of another batch keeps it
 
 
 def fpr_at_tpr(id_scores, ood_scores_, tpr: float = 0.95) -> float:
@@ -162,8 +149,11 @@ def ood_from_metadata(meta: dict) -> dict | None:
 
 
 class FeatureScore(torch.nn.Module):
-    """A feature score as graph operations on the penultimate features (fitted statistics as constants), so
-    an exported model computes it itself: the same numbers as ``ood_scores``, in float32."""
+    """The feature scores as operations on the penultimate features (fitted statistics as constants, float32):
+    ``ood_scores`` runs it, and the exported graph holds it, so both give the same numbers.
+
+    mahalanobis: minus min over classes of (f - mu)^T P (f - mu), expanded as f^T P f - 2 f^T P mu + mu^T P mu;
+    knn: minus the Euclidean distance of the normalised f to its k-th nearest normalised training feature."""
 
     def __init__(self, name: str, stats: dict):
         super().__init__()
@@ -178,6 +168,7 @@ class FeatureScore(torch.nn.Module):
             sims = torch.nn.functional.normalize(f, dim=1) @ self.bank.T
             kth = sims.topk(min(self.k, self.bank.shape[0]), dim=1).values[:, -1]
             return -torch.sqrt(torch.clamp(2 - 2 * kth, min=0))
+        f = f - self.centre
         fp = f @ self.precision
         d = (fp * f).sum(1, keepdim=True) - 2 * fp @ self.means.T + ((self.means @ self.precision) * self.means).sum(1)
         return -d.min(dim=1).values

@@ -124,9 +124,10 @@
       }
       throw new PageError(`ONNX Runtime Web cannot load ${entry.file}: ${err.message}`);
     }
-    if (session.inputNames.length !== 1 || session.outputNames.length !== 1) {
+    // one input; the logits first, then maybe "cam" (export.py --cam) or "ood_score"
+    if (session.inputNames.length !== 1 || !(session.outputNames.length === 1 || session.outputNames[0] === 'logits')) {
       throw new PageError(`${entry.file} has ${session.inputNames.length} inputs and ${session.outputNames.length} ` +
-                          `outputs, not one of each: not a toolkit model; ${EXPORT_HINT}`);
+                          `outputs, not one input and the logits first: not a toolkit model; ${EXPORT_HINT}`);
     }
     Object.assign(state, {entry, meta, session, backend});
     showModelInfo(meta);
@@ -206,17 +207,45 @@
     const started = performance.now();
     const outputs = await session.run({[session.inputNames[0]]: input});
     const ms = performance.now() - started;
-    const logits = outputs[session.outputNames[0]].data;
-    if (logits.length !== meta.classes.length) {
-      throw new PageError(`the model gave ${logits.length} outputs for ${meta.classes.length} classes in its metadata`);
+    const raw = outputs[session.outputNames[0]].data;
+    if (raw.length !== meta.classes.length) {
+      throw new PageError(`the model gave ${raw.length} outputs for ${meta.classes.length} classes in its metadata`);
     }
-    return {probs: isMultilabel(meta) ? sigmoid(logits) : softmax(logits), ms};
+    // calibration (classifier/trust/): the logits divided by the temperature fitted on validation
+    const logits = Array.from(raw, (value) => value / (meta.temperature || 1));
+    const cam = outputs.cam ? {data: outputs.cam.data, height: outputs.cam.dims[1], width: outputs.cam.dims[2]} : null;
+    return {probs: isMultilabel(meta) ? sigmoid(logits) : softmax(logits), ms, cam};
+  }
+
+  // The "cam" output (the top class's activation map at the feature resolution) over the image: negative
+  // values cut, scaled to 0-1, drawn red with that opacity, stretched to the image.
+  function camOverlay(canvas, cam) {
+    const out = document.createElement('canvas');
+    out.width = canvas.width;
+    out.height = canvas.height;
+    const context = out.getContext('2d');
+    context.drawImage(canvas, 0, 0);
+    const values = Array.from(cam.data, (v) => Math.max(v, 0));
+    const top = Math.max(...values);
+    const small = document.createElement('canvas');
+    small.width = cam.width;
+    small.height = cam.height;
+    const heat = small.getContext('2d').createImageData(cam.width, cam.height);
+    values.forEach((v, i) => {
+      heat.data.set([255, 40, 0, Math.round(200 * (top > 0 ? v / top : 0))], 4 * i);
+    });
+    small.getContext('2d').putImageData(heat, 0, 0);
+    context.imageSmoothingEnabled = true;
+    context.drawImage(small, 0, 0, out.width, out.height);
+    out.className = 'cam';
+    return out;
   }
 
   function render(item) {
     const figure = item.figure;
     figure.replaceChildren();
-    if (item.canvas) figure.appendChild(item.canvas);
+    const cam = item.result && item.result.cam;
+    if (item.canvas) figure.appendChild(cam ? camOverlay(item.canvas, cam) : item.canvas);
     const caption = document.createElement('figcaption');
     caption.innerHTML = `<div class="name">${escapeHtml(item.name)}</div>`;
     figure.dataset.file = item.name;
