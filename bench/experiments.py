@@ -185,8 +185,9 @@ def run_state(run: Run) -> str:
 # settings that say where the run folder and data are or how fast a run goes, not what it learns
 NOT_RESULT_KEYS = {"name", "project", "data_dir", "download", "workers", "threads", "device", "compile",
                    "progress", "tensorboard", "exist_ok", "save_every", "in_memory", "plots"}
-# settings whose default (None) a run resolves per case and saves resolved (resize: squash or crop)
-RESOLVED_BY_THE_RUN = {"resize"}
+# settings whose default (None, or "auto") a run resolves per case from its data and saves resolved (resize:
+# squash or crop; task: multiclass or multilabel)
+RESOLVED_BY_THE_RUN = {"resize", "task"}
 
 
 def stale_settings(run: Run, cfg, matrix: Matrix) -> str | None:
@@ -203,7 +204,7 @@ def stale_settings(run: Run, cfg, matrix: Matrix) -> str | None:
         saved["weights"] = wanted["weights"]  # the same run's checkpoint, whichever folder it was run from
     changed = [f"{k} {saved[k]} -> {wanted[k]}" for k in wanted
                if k in saved and k not in NOT_RESULT_KEYS and saved[k] != wanted[k]
-               and not (k in RESOLVED_BY_THE_RUN and wanted[k] is None)]
+               and not (k in RESOLVED_BY_THE_RUN and wanted[k] in (None, "auto"))]
     dep = matrix.dir / run.needs / "best.pt" if run.needs else None
     if dep and dep.is_file() and dep.stat().st_mtime > path.stat().st_mtime:
         changed.append(f"{run.needs} was trained again after it")
