@@ -238,6 +238,39 @@ def test_v2_uint8_input_of_a_graph_with_embedded_preprocessing():
         v2.parse_infer_request(body.replace(b"[0, 1,", b"[0, 300,"), None, predictor)
 
 
+def test_predict_options_reach_model_predict_and_new_fields_are_answered(artifacts):
+    """?threshold, ?reject, ?explain go to Model.predict (merged requests with other options are predicted
+    apart), and a field the prediction carries (here a heat map) is answered under its own name. The model
+    is wrapped: Grad-CAM's first import alone takes longer than this file's whole time budget."""
+    model = classifier.load(artifacts["onnx"])
+    seen = []
+
+    class Recording:
+        predictor, classes = model.predictor, model.classes
+
+        def predict(self, images, *, explain=False, **kw):
+            seen.append((len(images), kw["threshold"], kw["reject"], explain))
+            out = model.predict(images, **kw)
+            for p, im in zip(out, images):
+                p.heatmap = np.full(im.shape[:2], 0.5, np.float32) if explain else None
+            return out
+
+    s = Server(Recording(), max_delay_ms=300)
+    try:
+        one = artifacts["images"][1]
+        with ThreadPoolExecutor(3) as pool:  # merged within 300 ms, predicted per options
+            plain, explained, refused = pool.map(lambda q: predict(s.port, [(one.name, one.read_bytes())], query=q),
+                                                 ["?topk=1", "?explain=true", "?threshold=0.25"])
+        assert plain[0] == explained[0] == 200
+        assert "heatmap" not in json.loads(plain[2])[0]
+        heatmap = np.array(json.loads(explained[2])[0]["heatmap"])
+        assert heatmap.shape == (17, 30) and np.all(heatmap == 0.5)  # the image's own size
+        assert refused[0] == 400 and "multi-label" in json.loads(refused[2])["error"]  # a single-label model
+        assert {(1, None, False, False), (1, None, False, True), (1, 0.25, False, False)} <= set(seen)
+    finally:
+        s.stop()
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 def v2_body(**changes):
     spec = {"name": "input", "shape": [1, 3, 12, 12], "datatype": "FP32", "data": [0.0] * 432}
@@ -257,6 +290,7 @@ def bad_requests(problems):
         "no files field": (400, "/predict", *reversed(_form(("a.png", b"x"), field="other"))),
         "over the size limit": (413, "/predict", over, {}),
         "bad topk": (400, "/predict?topk=0", problems["png_named.jpg"].read_bytes(), {}),
+        "reject, no threshold": (400, "/predict?reject=true", problems["png_named.jpg"].read_bytes(), {}),
         "v2 wrong model": (404, "/v2/models/nope/infer", v2_body(), {}),
         "v2 wrong shape": (400, "/v2/models/classifier/infer", v2_body(shape=[1, 3, 10, 10]), {}),
         "v2 wrong count": (400, "/v2/models/classifier/infer", v2_body(data=[0.0] * 5), {}),

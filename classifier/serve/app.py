@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import time
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -117,7 +118,7 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
         with batcher.coming():
             body = await request.body()
             req, tensor = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH), predictor)
-        rows = await run_model(request, [("tensor", row) for row in tensor])
+        rows = await run_model(request, [(TENSOR, row) for row in tensor])
         metrics.images.labels("v2").inc(len(rows))
         logits = np.stack(rows)
         content, headers = v2.infer_response(name, req, logits, predictor.task.probabilities(logits))
@@ -126,13 +127,16 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
 
     # --- images
     @app.post("/predict")
-    async def predict(request: Request, topk: int = TOPK_DEFAULT):
+    async def predict(request: Request, topk: int = TOPK_DEFAULT, threshold: float | None = None,
+                      reject: bool = False, explain: bool = False):
+        """``topk``; ``threshold``, ``reject``, ``explain``: as ``Model.predict``'s."""
         if topk < 1:
             raise HTTPException(400, f"topk must be at least 1, got {topk}")
+        options = PredictOptions(threshold, reject, explain)
         with batcher.coming():
             uploads = await read_images(request)
             images = await run_in_threadpool(decode, uploads, predictor.prep.channels)
-        predictions = await run_model(request, [("image", im) for im in images])
+        predictions = await run_model(request, [(options, im) for im in images])
         metrics.images.labels("predict").inc(len(predictions))
         return [item(p, topk, name) for p, (name, _) in zip(predictions, uploads)]
 
@@ -146,26 +150,38 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
 
 # --- the model call ---------------------------------------------------------------------------------------
 
+class PredictOptions(NamedTuple):
+    """``Model.predict``'s options a /predict request sets; merged images are predicted per options."""
+    threshold: float | None = None
+    reject: bool = False
+    explain: bool = False
+
+
+TENSOR = "tensor"  # the kind of a V2 tensor row among merged items (an image's is its PredictOptions)
+
+
 def run_batch(model, items: list, max_batch: int) -> list:
-    """One model call's worth of merged requests: ("image", HWC uint8) -> a Prediction from
-    ``model.predict``; ("tensor", CHW row) -> its logits. Same-shaped items run together; a request
-    with more images than ``max_batch`` is predicted in chunks of that many."""
+    """One model call's worth of merged requests, ``(kind, payload)`` each: an image (kind: its
+    PredictOptions, payload HWC uint8) -> a Prediction from ``model.predict``; a V2 tensor row (kind
+    ``TENSOR``, payload CHW) -> its logits. Same-shaped items run together; more than ``max_batch``
+    are run in chunks of that many."""
     results = [None] * len(items)
-    images = sorted((i for i, (kind, _) in enumerate(items) if kind == "image"), key=lambda i: items[i][1].shape)
-    if images:
-        predictions = model.predict([items[i][1] for i in images], topk=len(model.classes),
-                                    batch_size=max(max_batch, 1))
-        for i, p in zip(images, predictions):
+    groups = {}
+    for i, (kind, payload) in enumerate(items):
+        key = (kind, payload.shape, payload.dtype) if kind == TENSOR else (kind,)
+        groups.setdefault(key, []).append(i)
+    for key, idx in groups.items():
+        if key[0] == TENSOR:
+            for k in range(0, len(idx), max_batch):
+                chunk = idx[k:k + max_batch]
+                for i, row in zip(chunk, model.predictor.logits(np.stack([items[i][1] for i in chunk]))):
+                    results[i] = row
+            continue
+        idx.sort(key=lambda i: items[i][1].shape)  # same-sized images side by side: one model call
+        predictions = model.predict([items[i][1] for i in idx], topk=len(model.classes),
+                                    batch_size=max(max_batch, 1), **key[0]._asdict())
+        for i, p in zip(idx, predictions):
             results[i] = p
-    tensors = {}
-    for i, (kind, row) in enumerate(items):
-        if kind == "tensor":
-            tensors.setdefault((row.shape, row.dtype), []).append(i)
-    chunks = [idx[k:k + max_batch] for idx in tensors.values() for k in range(0, len(idx), max_batch)]
-    for chunk in chunks:
-        logits = model.predictor.logits(np.stack([items[i][1] for i in chunk]))
-        for i, row in zip(chunk, logits):
-            results[i] = row
     return results
 
 
