@@ -127,7 +127,9 @@ class MultilabelTask(Task):
         target = y.float()
         if label_smoothing:
             target = target * (1 - label_smoothing) + label_smoothing / 2
-        loss = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=weight, reduction="none").mean(1)
+        # per image: the sum over classes, so a step's size does not shrink with the class count and the
+        # learning rates tuned for cross-entropy apply (a mean over classes would divide the gradient by C)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=weight, reduction="none").sum(1)
         return loss.sum() if reduction == "sum" else loss.mean()
 
     def correct(self, logits, y) -> float:

@@ -68,7 +68,7 @@ def test_task_loss_and_decisions():
     task = get_task("multilabel")
     logits = torch.tensor([[2.0, -1.0, 0.0]])
     y = torch.tensor([[1, 0, 1]])
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float()) * 3  # summed over classes
     assert task.loss(logits, y).item() == pytest.approx(expected.item())
     weight = torch.tensor([1.0, 1.0, 3.0])
     assert task.loss(logits, y, weight=weight).item() > expected.item()
