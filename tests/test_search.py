@@ -115,10 +115,10 @@ def test_interrupted_trial_leaves_the_study_resumable(tmp_path):
 def test_time_limit_stops_the_running_trial(tmp_path):
     images, labels = tiny_arrays()
 
-    def slow_start(run):  # the first trial's first epoch ends after the search's time is up
-        time.sleep(3.5)
+    def slow_start(run):  # the first trial's first epoch ends after the search's time is up (the limit
+        time.sleep(5.2)  # counts from before this trial started)
 
-    result = classifier.tune(trials=5, time_limit="3s", dataset=(images, labels), epochs=3, project=str(tmp_path),
+    result = classifier.tune(trials=5, time_limit="5s", dataset=(images, labels), epochs=3, project=str(tmp_path),
                              name="time", callbacks={"on_train_start": [slow_start]}, **FAST)
     # stopped at its first epoch's end, recorded as failed (it does not count), and no trial after it
     assert [(r["state"], r["epochs"]) for r in result.trials] == [("FAIL", 1)]
