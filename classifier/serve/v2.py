@@ -110,7 +110,7 @@ def _input_tensor(spec: dict, binary: bytes, predictor) -> tuple[np.ndarray, int
         raise V2Error(400, f"input '{INPUT_NAME}' has shape {shown} (N >= 1), got {shape}")
     dtype = np.dtype(DATATYPES[want_type])
     count = math.prod(shape)
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    size = parameters(spec, f"input '{INPUT_NAME}'").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize or size > len(binary):
             raise V2Error(400, f"binary_data_size {size!r}: a {want_type} tensor of shape {shape} is "
@@ -123,6 +123,8 @@ def _input_tensor(spec: dict, binary: bytes, predictor) -> tuple[np.ndarray, int
         flat = np.asarray(spec["data"], dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise V2Error(400, f"input '{INPUT_NAME}' data must be numbers (a flat or nested list)") from None
+    if not np.all(np.isfinite(flat)):
+        raise V2Error(400, f"input '{INPUT_NAME}' data must be finite numbers (no null, NaN or infinity)")
     if flat.size != count:
         raise V2Error(400, f"input '{INPUT_NAME}' of shape {shape} needs {count} values, got {flat.size}")
     if dtype == np.uint8 and (np.any(flat < 0) or np.any(flat > 255) or np.any(flat != np.round(flat))):
@@ -130,9 +132,19 @@ def _input_tensor(spec: dict, binary: bytes, predictor) -> tuple[np.ndarray, int
     return flat.astype(dtype).reshape(shape), len(binary)
 
 
+def parameters(obj: dict, what: str) -> dict:
+    """The ``parameters`` object of a request, input or output ({} when absent)."""
+    value = obj.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise V2Error(400, f"the parameters of {what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _requested_outputs(request: dict) -> list[tuple[str, bool]]:
     """[(output name, as binary data)] the request asks for (all, when it names none)."""
-    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(parameters(request, "the request").get("binary_data_output", False))
     asked = request.get("outputs")
     if asked is None:
         return [(name, default_binary) for name in OUTPUTS]
@@ -142,7 +154,7 @@ def _requested_outputs(request: dict) -> list[tuple[str, bool]]:
     for o in asked:
         if o.get("name") not in OUTPUTS:
             raise V2Error(400, f"unknown output {o.get('name')!r} (outputs: {', '.join(OUTPUTS)})")
-        out.append((o["name"], bool((o.get("parameters") or {}).get("binary_data", default_binary))))
+        out.append((o["name"], bool(parameters(o, f"output '{o['name']}'").get("binary_data", default_binary))))
     return out
 
 
