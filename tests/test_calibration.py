@@ -160,3 +160,35 @@ def test_onnx_client_example_applies_the_temperature():
         probs, score = client.classify_with_score(session, meta, str(path))
         np.testing.assert_allclose(probs, prediction.probs, atol=1e-5)
         assert score == pytest.approx(prediction.ood_score, rel=1e-3)  # float32: the graph sums in its own order
+
+
+def test_calibrate_false_fits_no_temperature_and_old_onnx_files_predict_as_before(tmp_path):
+    import onnx
+
+    import classifier
+    from classifier.checkpoint import load_checkpoint
+    from classifier.models import model_from_checkpoint
+    from classifier.preprocess import Preprocessing
+    from classifier.trust.fitting import fit_trust
+    from tests.trust_run import trust_run
+
+    run, onnx_path, data = trust_run()
+    ckpt = load_checkpoint(run.dir / "best.pt")
+    splits = run.engine_run.data.splits
+    fitted = fit_trust(model_from_checkpoint(ckpt), Preprocessing.from_dict(ckpt["preprocessing"]), splits["val"],
+                       splits["train"], calibrate=False, score="energy")
+    assert fitted["temperature"] == 1.0 and fitted["ood"]["score"] == "energy" and "stats" not in fitted["ood"]
+    proto = onnx.load(str(onnx_path))  # an export from before issue 31: none of its metadata keys
+    kept = [p for p in proto.metadata_props if p.key not in ("temperature", "ood_score", "reject_threshold",
+                                                              "reject_keep")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    old = classifier.load(tmp_path / "old.onnx")
+    assert old.predictor.temperature == 1.0 and old.predictor.ood is None
+    files = sorted(data.rglob("*.png"))[:4]
+    z = np.stack([p.probs for p in old.predict(files)])
+    new = np.stack([p.probs for p in classifier.load(onnx_path).predict(files)])
+    assert (z.argmax(1) == new.argmax(1)).all() and not np.allclose(z, new, atol=1e-3)
+    with pytest.raises(classifier.ClassifierError, match="rejection threshold"):
+        old.predict(files, reject=True)

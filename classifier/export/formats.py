@@ -67,7 +67,7 @@ class ExportOptions:
     opset: int | None = option(help=f"ONNX opset (default: {DEFAULT_OPSET})")
     data_dir: str | None = option(help="dataset folder (default: the one the run was trained with)")
     serve: bool = option(False, help="web: serve the page on localhost until Ctrl+C")
-    cam: bool = option(False, help="onnx: a second output 'cam', the class activation map of the top class at "
+    cam: bool = option(False, help="onnx, web: a second output 'cam', the class activation map of the top class at "
                                    "the feature resolution (nets with global average pooling + linear head)")
     # older spellings, kept working for scripts and notebooks
     quantize: str | None = option(help="same as adding int8 to --format", metavar="int8")
