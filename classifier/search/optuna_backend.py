@@ -70,6 +70,7 @@ def run(study: Study, trials: int, *, seed: int = 0, pruner=None, **_) -> None:
         if outcome.stopped == "pruned":
             raise optuna.TrialPruned(f"pruned after epoch {outcome.epochs}")
         if outcome.stopped == "time":
+            trial.study.stop()  # no trial after this one, whatever Optuna's own timeout says
             raise TimeUp(f"the search's time was up after epoch {outcome.epochs}")
         return outcome.value
 

@@ -205,7 +205,7 @@ def write_results(study: Study, given: dict, plots: bool = True) -> TuneResult:
     if plots:
         _plots(study)
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["val_acc"] is not None]
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    counts = {s: sum(r["state"] == s for r in rows) for s in dict.fromkeys(r["state"] for r in rows)}
     print(f"search: {len(rows)} trials (" + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
           + f"); results: {study.dir / 'tune.csv'}", flush=True)
     if not complete:
