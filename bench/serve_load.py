@@ -10,8 +10,8 @@ Models (random weights, stated so: nothing is downloaded; speed does not depend 
 ``vggnet28`` (the Fashion-MNIST recipe's net, 1 x 28 x 28) and ``resnet18_224`` (3 x 224 x 224), exported
 once with the toolkit's exporter to runs/serve_bench/. Each client is a thread that keeps one
 keep-alive connection and posts the same PNG to /predict as soon as its previous answer arrives, for
-``--warmup + --seconds``; the figures count the requests that end in the last ``--seconds``. Mean batch is the images per model call, read from the server's
-/metrics. The load generator runs on the same machine as the server and takes CPU from it: figures
+``--warmup + --seconds``; the figures count the requests that end in the last ``--seconds``. Mean
+batch is the images per model call, read from the server's /metrics. The load generator runs on the same machine as the server and takes CPU from it: figures
 are a lower bound, and on a busy machine (other jobs) they vary from run to run.
 """
 from __future__ import annotations

@@ -280,6 +280,7 @@ def v2_body(**changes):
 
 def bad_requests(problems):
     over = b"\x89PNG" + bytes(1024 * 1024 + 10)
+    binary_header = v2_body(parameters={"binary_data_size": 7})  # and no binary data after it
     return {
         "text": (400, "/predict", problems["text.jpg"].read_bytes(), {}),
         "0 bytes": (400, "/predict", b"", {}),
@@ -301,11 +302,10 @@ def bad_requests(problems):
         "v2 null data": (400, "/v2/models/classifier/infer", v2_body(data=[None] * 432), {}),
         "v2 parameters not an object": (400, "/v2/models/classifier/infer", v2_body(parameters=[1]), {}),
         "multipart, no boundary": (400, "/predict", b"abc", {"Content-Type": "multipart/form-data"}),
-        "v2 bad binary size": (400, "/v2/models/classifier/infer", v2_body(parameters={"binary_data_size": 7}),
-                               {"Inference-Header-Content-Length": str(len(v2_body(parameters={"binary_data_size": 7})))}),
-        "v2 unknown output": (400, "/v2/models/classifier/infer",
-                              json.dumps({"inputs": json.loads(v2_body())["inputs"], "outputs": [{"name": "x"}]}).encode(),
-                              {}),
+        "v2 bad binary size": (400, "/v2/models/classifier/infer", binary_header,
+                               {"Inference-Header-Content-Length": str(len(binary_header))}),
+        "v2 unknown output": (400, "/v2/models/classifier/infer", json.dumps(
+            {"inputs": json.loads(v2_body())["inputs"], "outputs": [{"name": "x"}]}).encode(), {}),
     }
 
 

@@ -21,8 +21,8 @@ from classifier.serve.options import ServeOptions
 
 ENV_SETTINGS = "CLASSIFIER_SERVE_SETTINGS"  # model path + options, for worker processes
 WORKER_APP = "classifier.serve.cli:app_from_env"
-SHUTDOWN_MARGIN_S = 5.0
-WORKER_STARTUP_S = 120  # seconds a worker process may take to start (a busy machine, a large model)  # graceful shutdown waits this long beyond the request timeout
+SHUTDOWN_MARGIN_S = 5.0  # graceful shutdown waits this long beyond the request timeout
+WORKER_STARTUP_S = 120  # seconds a worker process may take to start (a busy machine, a large model)
 
 
 def serve(model, options: ServeOptions) -> None:
