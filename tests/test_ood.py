@@ -94,3 +94,22 @@ def test_run_threshold_keeps_the_share_and_reject_answers_unknown(tmp_path):
     assert "Unknown images" in (out / "report.md").read_text()
     with pytest.raises(ClassifierError, match="no images"):
         classifier.load(run.dir / "best.pt").evaluate(data, ood=tmp_path / "missing", output=tmp_path / "e2")
+
+
+def test_feature_extract_run_fits_on_the_feature_cache(tmp_path, monkeypatch):
+    """A feature-extract run's head trains on cached backbone features; the post-training fit reuses them
+    instead of running the model over the train and val images again."""
+    import classifier
+    from classifier.checkpoint import load_checkpoint
+    from classifier.trust import fitting
+    from tests.trust_run import FAST, trust_run
+
+    run, _, data = trust_run()
+    calls, original = [], fitting.sample_outputs
+    monkeypatch.setattr(fitting, "sample_outputs", lambda *a, **k: calls.append(a) or original(*a, **k))
+    fe = classifier.train(model="vggnet", extra={"width": 8}, mode="feature-extract", weights=str(run.dir / "best.pt"),
+                          dataset=f"folder:{data}", epochs=1, val_fraction=0.25, project=str(tmp_path), name="fe",
+                          **FAST)
+    ood = load_checkpoint(fe.dir / "best.pt")["ood"]
+    assert ood["score"] == "mahalanobis" and set(ood["stats"]) == {"means", "precision", "centre"}
+    assert calls == []

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from classifier.checkpoint import load_checkpoint, save_checkpoint
+from classifier.engine.features import cached_feature_loader
 from classifier.evaluation import iter_image_batches
 from classifier.inference import flip_averaged, model_input
 from classifier.models import model_from_checkpoint
@@ -53,12 +54,20 @@ def sample_outputs(model, samples, prep: Preprocessing, *, tta_flip: bool = Fals
 
 
 def fit_trust(model, prep: Preprocessing, val, train=None, *, calibrate: bool = True, score: str = DEFAULT_OOD_SCORE,
-              keep: float = DEFAULT_KEEP, tta_flip: bool = False) -> dict:
+              keep: float = DEFAULT_KEEP, tta_flip: bool = False, features=None) -> dict:
     """Checkpoint keys (``temperature``, ``ood``) fitted on ``val`` Samples (``train``: for feature scores).
 
+    ``features``: {"val": (features, labels), "train": ...} already computed by the frozen backbone (the
+    feature cache of a feature-extract run): the head runs on them instead of the model on the images.
     A feature score without training samples falls back to the maximum softmax probability.
     """
-    logits, features, labels = sample_outputs(model, val, prep, tta_flip=tta_flip)
+    features_of = features or {}
+    if "val" in features_of and not tta_flip:
+        features, labels = features_of["val"]
+        with torch.inference_mode():
+            logits = model.forward_head(torch.as_tensor(features)).float().numpy()
+    else:
+        logits, features, labels = sample_outputs(model, val, prep, tta_flip=tta_flip)
     known = labels >= 0
     if not known.any():
         return {}
@@ -68,7 +77,10 @@ def fit_trust(model, prep: Preprocessing, val, train=None, *, calibrate: bool = 
         if train is None or not len(train):
             score = "msp"
         else:
-            _, train_features, train_labels = sample_outputs(model, train, prep, limit=MAX_FEATURE_IMAGES)
+            if "train" in features_of:
+                train_features, train_labels = features_of["train"]
+            else:
+                _, train_features, train_labels = sample_outputs(model, train, prep, limit=MAX_FEATURE_IMAGES)
             stats = fit_feature_stats(score, train_features, train_labels, logits.shape[1])
     val_scores = ood_scores(score, logits[known], features[known], temperature=temperature, stats=stats)
     ood = {"score": score, "threshold": threshold_keeping(val_scores, keep), "keep": float(keep)}
@@ -89,7 +101,8 @@ def fit_run_trust(run, summary: dict) -> None:
     ckpt = load_checkpoint(best)
     model = model_from_checkpoint(ckpt)
     fitted = fit_trust(model, Preprocessing.from_dict(ckpt["preprocessing"]), val, run.data.splits.get("train"),
-                       calibrate=cfg.calibrate, score=cfg.ood_score, keep=cfg.reject_keep, tta_flip=cfg.tta_flip)
+                       calibrate=cfg.calibrate, score=cfg.ood_score, keep=cfg.reject_keep, tta_flip=cfg.tta_flip,
+                       features=cached_features(run))
     if not fitted:
         return
     ckpt.pop("format", None)
@@ -99,3 +112,22 @@ def fit_run_trust(run, summary: dict) -> None:
     print(("" if not cfg.calibrate else f"calibration: temperature {fitted['temperature']:.3f} (fitted on "
            f"{len(val)} validation images); ") + f"unknown below {ood['score']} {ood['threshold']:.4g} "
           f"(keeps {ood['keep']:.0%} of validation images)", flush=True)
+
+
+def cached_features(run) -> dict:
+    """{split: (features, labels)} of the train and val images from the feature cache, for a feature-extract run
+    whose head trained on it (the frozen backbone is best.pt's: the same features); {} otherwise. Training
+    images give their first cached view (an augmented one when the run augments)."""
+    cfg = run.cfg
+    if cfg.mode != "feature-extract" or cfg.feature_cache == "off" or run.dist.enabled or cfg.compile:
+        return {}
+    out = {}
+    for split in ("val", "train"):
+        loader = run.data.loaders.get(split)
+        if loader is None or not len(loader.samples):
+            continue
+        cached, _ = cached_feature_loader(run.raw_model, loader, views=1 if split == "val" else cfg.feature_views,
+                                          device=run.device, amp_dtype=run.amp_dtype, channels_last=run.channels_last)
+        if cached is not None:
+            out[split] = (cached.features[0].float().cpu().numpy(), np.asarray(loader.samples.labels))
+    return out
