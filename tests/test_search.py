@@ -108,8 +108,15 @@ def test_interrupted_trial_leaves_the_study_resumable(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         classifier.tune(trials=1, callbacks={"on_epoch_end": [ctrl_c]}, **common)
     assert [r["state"] for r in rows(tmp_path / "stop")] == ["FAIL"]  # written on the way out
+    # a search killed outright leaves its trial RUNNING in study.db: the next command records it as failed
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'stop' / 'study.db'}"
+    optuna.load_study(study_name="tune", storage=storage).ask()
     result = classifier.tune(trials=1, **common)  # the interrupted trial does not count: one more runs
-    assert [r["state"] for r in result.trials] == ["FAIL", "COMPLETE"] and result.best["trial"] == 1
+    assert [r["state"] for r in result.trials] == ["FAIL", "FAIL", "COMPLETE"] and result.best["trial"] == 2
+    # the interrupted first trial was the defaults: they are tried again
+    assert result.best["lr"] == 0.05 and result.best["label_smoothing"] == 0.0
 
 
 def test_time_limit_stops_the_running_trial(tmp_path, monkeypatch):

@@ -48,14 +48,35 @@ def stored_trials(study: Study) -> list:
         return []
 
 
+def fail_stale(study: Study) -> list:
+    """Trials left RUNNING by a search that was killed or interrupted (one search command runs a study at a
+    time): recorded as failed, so that they are replaced. Returns the study's trials."""
+    trials = stored_trials(study)
+    stale = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    if stale:
+        ostudy = optuna.load_study(study_name=STUDY_NAME, storage=study.storage_url)
+        for number in stale:
+            ostudy.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        trials = stored_trials(study)
+    return trials
+
+
+def needs_defaults(trials: list, defaults: dict) -> bool:
+    """Whether the defaults are still to be tried: no trial with their values finished, was pruned or waits
+    (a defaults trial that failed or was interrupted is tried again)."""
+    kept = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING)
+    return bool(defaults) and not any(t.state in kept and all(t.params.get(k) == v for k, v in defaults.items())
+                                      for t in trials)
+
+
 def run(study: Study, trials: int, *, seed: int = 0, pruner=None, **_) -> None:
-    before = stored_trials(study)
+    before = fail_stale(study)
     done = counted(before)
     if done >= trials:
         return
     ostudy = open_study(study, sampler_for(seed, trials, len(before)),
                         pruner if pruner is not None else default_pruner(trials, study.epochs))
-    if not before and study.defaults:  # a new study starts from the defaults
+    if needs_defaults(before, study.defaults):  # a study starts from the defaults
         ostudy.enqueue_trial(study.defaults, user_attrs={"defaults": True})
 
     def objective(trial: optuna.Trial) -> float:

@@ -18,7 +18,7 @@ import warnings
 import optuna
 
 from classifier.errors import ClassifierError
-from classifier.search.optuna_backend import counted, sampler_for, stored_trials
+from classifier.search.optuna_backend import counted, fail_stale, needs_defaults, sampler_for
 from classifier.search.trial import STUDY_NAME, Study, run_trial
 
 TRIAL_KEY = "_trial"  # the Optuna trial number, passed to the trainable with the sampled values
@@ -103,7 +103,7 @@ def parse_resources(resources) -> dict:
 def run(study: Study, trials: int, *, seed: int = 0, resources=None, parallel: int | None = None,
         verbose: int = 1, **_) -> None:
     ray, tune, ASHAScheduler, OptunaSearch = _ray()
-    before = stored_trials(study)
+    before = fail_stale(study)
     done = counted(before)
     if done >= trials:
         return
@@ -121,7 +121,8 @@ def run(study: Study, trials: int, *, seed: int = 0, resources=None, parallel: i
         search = searcher_class(OptunaSearch, study.epochs)(
             study.space, metric="score", mode="max", sampler=sampler_for(seed, trials, len(before)),
             # a new study starts from the defaults (Ray takes whole points only)
-            points_to_evaluate=[study.defaults] if not before and len(study.defaults) == len(study.space) else None,
+            points_to_evaluate=[study.defaults] if needs_defaults(before, study.defaults)
+            and len(study.defaults) == len(study.space) else None,
             storage=optuna.storages.RDBStorage(study.storage_url), study_name=STUDY_NAME)
         # ASHA's first rung after a third of the epochs, as the Optuna backend's pruner
         scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="max", max_t=study.epochs,

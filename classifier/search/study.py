@@ -122,6 +122,11 @@ def tune(config: str | Path | None = None, *, trials: int, time_limit=None, back
     try:
         BACKENDS[backend](study, trials, seed=cfg.seed, resources=resources, parallel=parallel, pruner=pruner)
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print(f"search interrupted: run the same command again to continue the study in {run_dir / 'study.db'}",
+              flush=True)
+        raise
     finally:  # also after Ctrl-C: the results so far, and the study stays resumable
         result = write_results(study, trial_given, plots=cfg.plots)
         if tracker is not None:
