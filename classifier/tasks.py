@@ -63,7 +63,7 @@ class Task:
 
     name = "multiclass"
     activation = "softmax"  # what clients apply to the logits (ONNX metadata, web page)
-    selection = "lowest validation loss"  # what picks best.pt
+    selection = "lower validation loss"  # what picks best.pt (and what early stopping waits for)
     validates_on_probabilities = False  # validation keeps every probability (for mAP and thresholds)
 
     # --- probabilities
@@ -114,7 +114,7 @@ class Task:
 class MultilabelTask(Task):
     name = "multilabel"
     activation = "sigmoid"
-    selection = "highest validation mAP"
+    selection = "higher validation mAP"
     validates_on_probabilities = True
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
