@@ -4,6 +4,7 @@
     python bench/label_noise.py                       # both parts, 2,000 images, 10% noise
     python bench/label_noise.py --part labels --model lenet5 --epochs 15
     python bench/label_noise.py --part duplicates
+    python bench/label_noise.py --part methods        # how the near-duplicate descriptor was chosen
 
 labels: 2,000 training images of Fashion-MNIST (200 per class, seeded) written as PNGs into class folders
 of a temporary folder, 10% of them (uniformly chosen) written into a wrong class folder instead (a wrong
@@ -15,6 +16,10 @@ duplicates: the same 2,000 images as train, 500 other images as test; 20 test im
 resized (x1.5-x3) JPEG copies (quality 75-95), half of them also cropped by 1-2 pixels. The data check's
 near-duplicate finder (classifier/data/duplicates.py) on it: planted copies found, and the other pairs it
 reports (false pairs: Fashion-MNIST holds some real near-duplicates too, which are listed by name).
+
+methods: 2,500 training images and 200 copies of them made as above; for a 64-bit perceptual hash (DCT of a
+32x32 thumbnail, Hamming distance), the thumbnail descriptor without zooms, and the one the check uses
+(data/duplicates.py), how many copies fall within a distance and how many distinct pairs do.
 
 Every file is written in a temporary folder; nothing else is touched. Times depend on the machine's load:
 say whether it was busy.
@@ -94,11 +99,12 @@ def labels_part(args, work: Path) -> None:
                                           batch_size=args.batch_size, lr=args.lr, test_fraction=0,
                                           threads=args.threads, progress=False, tensorboard=False, plots=False,
                                           project=str(work / "runs"), filter_by=args.filter_by,
-                                          **({"augment": args.augment} if args.augment else {}))
+                                          **({"augment": args.augment} if args.augment else {}),
+                                          **({"extra": {"width": args.width}} if args.width else {}))
     seconds = time.perf_counter() - start
     p, r = scores(set(issues.files), planted)
     acc = issues.cv.summary["cv_val_accuracy_mean"]
-    print(f"classifier.find_label_issues ({args.model}, {args.epochs} epochs, 5 folds, {args.threads} threads): "
+    print(f"classifier.find_label_issues ({args.model}{f' width {args.width}' if args.width else ''}, {args.epochs} epochs, 5 folds, {args.threads} threads): "
           f"flagged {len(issues.files)}, precision {p:.2f}, recall {r:.2f}, {seconds / 60:.1f} min "
           f"(out-of-fold accuracy on the noisy labels {acc:.1%})")
 
@@ -164,9 +170,56 @@ def duplicates_part(args, work: Path) -> None:
         print(f"  other pair: {p['a']['file']} ~ {p['b']['file']} (distance {p['distance']})")
 
 
+def methods_part(args, work: Path) -> None:
+    import io
+
+    import torch
+    from scipy.fft import dctn
+
+    from classifier.data import duplicates as dup
+
+    train, _, _ = fashion(250, args.seed)
+    rng = np.random.default_rng(5 + args.seed)
+    originals = rng.choice(len(train), 200, replace=False)
+    copies = []
+    for i in originals:
+        im, quality = planted_copy(train[i], rng)
+        buffer = io.BytesIO()
+        im.save(buffer, format="JPEG", quality=quality)
+        copies.append(dup.thumbnail(np.asarray(Image.open(buffer).convert("L"))))
+    thumbs, copies = np.stack([dup.thumbnail(a) for a in train]), np.stack(copies)
+
+    def phash(t):
+        d = dctn(t.astype(np.float32), norm="ortho")[:8, :8].ravel()[1:]
+        return torch.from_numpy(d > np.median(d)).float()
+
+    def hamming(a, b):
+        return (a[:, None, :] != b[None, :, :]).sum(-1).float()
+
+    def zoomed(a, b, zooms):
+        pa, pb = dup.descriptors(a, 0.0), dup.descriptors(b, 0.0)
+        d = torch.stack([1 - pa @ dup.descriptors(b, z).T for z in zooms]
+                        + [1 - dup.descriptors(a, z) @ pb.T for z in zooms]).amin(0)
+        return d
+
+    rows = [("perceptual hash (64 bits, Hamming)", lambda a, b: hamming(torch.stack([phash(t) for t in a]),
+                                                                          torch.stack([phash(t) for t in b])),
+             (4, 8, 12)),
+            (f"thumbnail {dup.SIDE}x{dup.SIDE}, no zooms", lambda a, b: zoomed(a, b, (0.0,)), (0.002, 0.01, 0.05)),
+            (f"thumbnail {dup.SIDE}x{dup.SIDE}, {len(dup.ZOOMS)} zooms (the check's)",
+             lambda a, b: zoomed(a, b, dup.ZOOMS), (0.0015, dup.THRESHOLD, 0.003))]
+    for name, distance, thresholds in rows:
+        pair = distance(copies, thumbs)[torch.arange(len(copies)), torch.from_numpy(originals)]
+        within = distance(thumbs, thumbs)
+        distinct = within[torch.triu(torch.ones_like(within, dtype=torch.bool), 1)]
+        for t in thresholds:
+            print(f"{name}: distance <= {t:g}: copies found {(pair <= t).sum().item()} of {len(copies)}, "
+                  f"distinct pairs {(distinct <= t).sum().item()} (of {len(distinct):,})")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("labels", "duplicates", "both"), default="both")
+    parser.add_argument("--part", choices=("labels", "duplicates", "methods", "both"), default="both")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--noise", type=float, default=0.10)
     parser.add_argument("--copies", type=int, default=20)
@@ -175,6 +228,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--augment", default=None)
+    parser.add_argument("--width", type=int, default=None, help="the model's width (vggnet, resnet: extra={width: N})")
     parser.add_argument("--filter-by", default="prune_by_noise_rate")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -186,6 +240,8 @@ def main(argv=None) -> None:
             labels_part(args, work)
         if args.part in ("duplicates", "both"):
             duplicates_part(args, work)
+        if args.part == "methods":
+            methods_part(args, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
