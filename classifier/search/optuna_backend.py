@@ -65,7 +65,11 @@ def needs_defaults(trials: list, defaults: dict) -> bool:
     """Whether the defaults are still to be tried: no trial with their values finished, was pruned or waits
     (a defaults trial that failed or was interrupted is tried again)."""
     kept = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING)
-    return bool(defaults) and not any(t.state in kept and all(t.params.get(k) == v for k, v in defaults.items())
+
+    def values(t):  # a waiting (enqueued) trial holds its values as fixed_params until it runs
+        return t.params or t.system_attrs.get("fixed_params", {})
+
+    return bool(defaults) and not any(t.state in kept and all(values(t).get(k) == v for k, v in defaults.items())
                                       for t in trials)
 
 
