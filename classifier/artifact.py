@@ -70,7 +70,7 @@ metadata_key("thresholds", "json", lambda ckpt: ckpt.get("thresholds"))
 # classifier/trust/: every client of ours divides the logits by ``temperature`` before the softmax (the graph
 # outputs the raw logits); below ``reject_threshold`` of the ``ood_score`` an image is "unknown" (feature
 # scores: the graph's ``ood_score`` output; msp / energy: computed from the divided logits)
-metadata_key("temperature", "float", lambda ckpt: ckpt.get("temperature"))
+metadata_key("temperature", "json", lambda ckpt: ckpt.get("temperature"))  # a number, or a list (per class)
 metadata_key("ood_score", "str", lambda ckpt: (ckpt.get("ood") or {}).get("score"))
 metadata_key("reject_threshold", "float", lambda ckpt: (ckpt.get("ood") or {}).get("threshold"))
 metadata_key("reject_keep", "float", lambda ckpt: (ckpt.get("ood") or {}).get("keep"))

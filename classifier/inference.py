@@ -195,9 +195,12 @@ class Predictor:
 
     def set_trust(self, temperature=None, ood: dict | None = None) -> None:
         """The fitted temperature and "unknown" rule (absent in older files: 1 and none)."""
-        self.temperature = float(temperature) if temperature is not None else 1.0
-        if not self.temperature > 0:
-            raise ClassifierError(f"{self.source} has a bad temperature {temperature} (must be > 0)")
+        # a float, or one per class (multi-label, per-class calibration)
+        self.temperature = 1.0 if temperature is None else float(temperature) if np.ndim(temperature) == 0 \
+            else np.asarray(temperature, np.float32)
+        if not np.all(np.asarray(self.temperature) > 0) or np.size(self.temperature) not in (1, len(self.classes)):
+            raise ClassifierError(f"{self.source} has a bad temperature {temperature} (must be > 0, one or one "
+                                  "per class)")
         self.ood = dict(ood) if ood else None
         if self.ood and self.ood.get("stats") is not None:
             self.ood["stats"] = {k: np.asarray(v) for k, v in self.ood["stats"].items()}

@@ -17,7 +17,8 @@ recipe for a deployment in any language:
     3. run, softmax the "logits" output, look the index up in ``classes``; a multi-label model
        (``task`` = ``multilabel``) takes a sigmoid per class instead, and its labels are every class whose
        probability is at least its entry in ``thresholds`` (a JSON list in class order; maybe none)
-    4. calibration: divide the logits by ``temperature`` (when present) before the softmax
+    4. calibration: divide the logits by ``temperature`` (when present; a number, or a JSON list with one
+       per class for a multi-label model) before the softmax or sigmoid
     5. "unknown" (``--reject``): below ``reject_threshold`` of the score named by ``ood_score`` the answer is
        "unknown": ``msp`` = the top probability, ``energy`` = temperature * logsumexp(logits / temperature),
        feature scores (``mahalanobis``, ``knn``) = the graph's second output ``ood_score``
@@ -110,7 +111,8 @@ def classify_with_score(session, meta: dict, image_path: str):
     logits = outputs["logits"][0] if "logits" in outputs else next(iter(outputs.values()))[0]
     if meta.get("tta_flip") == "true":  # the model was evaluated on each image and its mirror image
         logits = (logits + session.run(None, {name: np.ascontiguousarray(x[..., ::-1])})[0][0]) / 2
-    temperature = float(meta.get("temperature", 1.0))  # fitted on validation: calibrated probabilities
+    # fitted on validation: calibrated probabilities (a number; multi-label models may have one per class)
+    temperature = np.asarray(json.loads(meta.get("temperature", "1")), np.float64)
     logits = logits.astype(np.float64) / temperature
     if meta.get("task") == "multilabel":  # one independent probability per class
         return 1.0 / (1.0 + np.exp(-logits)), None

@@ -192,3 +192,16 @@ def test_calibrate_false_fits_no_temperature_and_old_onnx_files_predict_as_befor
     assert (z.argmax(1) == new.argmax(1)).all() and not np.allclose(z, new, atol=1e-3)
     with pytest.raises(classifier.ClassifierError, match="rejection threshold"):
         old.predict(files, reject=True)
+
+
+def test_multilabel_temperature_is_shared_or_per_class_by_measurement():
+    from classifier.trust.calibrate import fit_multilabel_temperature
+
+    rng = np.random.default_rng(4)
+    targets = rng.integers(0, 2, (800, 3))
+    scale = np.array([1.0, 6.0, 0.3])  # one class fine, one over-confident, one under-confident: per class wins
+    logits = scale * (4 * (targets - 0.5) + rng.normal(0, 2, (800, 3)))
+    t, kind = fit_multilabel_temperature(logits, targets)
+    assert kind == "per-class" and t.shape == (3,) and t[1] > 2 and t[2] < 1
+    shared_data = 5 * (4 * (targets - 0.5) + rng.normal(0, 2, (800, 3)))
+    assert fit_multilabel_temperature(shared_data, targets)[1] == "shared"

@@ -45,6 +45,8 @@ def fit_temperature(logits, labels, *, multilabel: bool = False, per_class: bool
     nll = (lambda t: sigmoid_nll(logits, labels, t)) if multilabel else (lambda t: softmax_nll(logits, labels, t))
     best = _golden_min(lambda log_t: nll(np.exp(log_t)), np.log(T_MIN), np.log(T_MAX))
     t = float(np.exp(best))
+    if not T_MIN * 1.05 < t < T_MAX / 1.05:  # at a bound: no optimum (e.g. a validation set it gets all right)
+        return 1.0
     return t if nll(t) < nll(1.0) else 1.0
 
 
@@ -79,3 +81,21 @@ def uncalibrated_calibration(probs, labels, temperature: float, bins: int = 15) 
     raw /= raw.sum(axis=1, keepdims=True)
     bins_ = calibration_bins(raw.max(1), raw.argmax(1) == np.asarray(labels), bins)
     return {"temperature": float(temperature), "ece_uncalibrated": bins_["ece"], "calibration_uncalibrated": bins_}
+
+
+def fit_multilabel_temperature(logits, targets, seed: int = 0):
+    """Shared or per-class temperature for sigmoid outputs, chosen by measurement: each is fitted on one half
+    of the validation images and scored (NLL) on the other, both ways; the lower total wins and is then
+    fitted on all of them. Returns (temperature: float or per-class array, "shared" | "per-class")."""
+    logits, targets = np.asarray(logits, np.float64), np.asarray(targets)
+    order = np.random.default_rng(seed).permutation(len(logits))
+    halves = (order[: len(order) // 2], order[len(order) // 2:])
+    held_out = {"shared": 0.0, "per-class": 0.0}
+    if min(len(h) for h in halves):
+        for fit_on, test_on in (halves, halves[::-1]):
+            for kind in held_out:
+                t = fit_temperature(logits[fit_on], targets[fit_on], multilabel=True, per_class=kind == "per-class")
+                held_out[kind] += sigmoid_nll(logits[test_on], targets[test_on], t)
+    kind = "per-class" if held_out["per-class"] < held_out["shared"] else "shared"
+    return fit_temperature(logits, targets, multilabel=True, per_class=kind == "per-class"), kind
+

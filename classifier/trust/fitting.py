@@ -20,7 +20,7 @@ from classifier.evaluation import iter_image_batches
 from classifier.inference import flip_averaged, model_input
 from classifier.models import model_from_checkpoint
 from classifier.preprocess import Preprocessing
-from classifier.trust.calibrate import fit_temperature
+from classifier.trust.calibrate import fit_multilabel_temperature, fit_temperature
 from classifier.trust.ood import DEFAULT_KEEP, fit_feature_stats, ood_scores, score_entry, threshold_keeping
 
 DEFAULT_OOD_SCORE = "mahalanobis"  # chosen by bench/trust.py (docs/trust.md): best AUROC and FPR95 on held-out classes
@@ -92,14 +92,17 @@ def fit_trust(model, prep: Preprocessing, val, train=None, *, calibrate: bool = 
 def fit_run_trust(run, summary: dict) -> None:
     """End of training (before the test evaluation): fit the temperature and the "unknown" threshold of
     best.pt on the run's validation split, store them in best.pt, and put the temperature in summary.json.
-    Nothing happens without a validation split; multi-label runs are left as they are (their per-class
-    decision thresholds are fitted on uncalibrated probabilities)."""
+    Nothing happens without a validation split. Multi-label runs get a temperature only (shared or per class,
+    chosen by measurement), and their decision thresholds refitted on the calibrated validation probabilities
+    (each class's best F1 again; a ``--threshold`` given stays)."""
     cfg, best = run.cfg, Path(run.dir) / "best.pt"
     val = run.data.splits.get("val")
-    if not best.exists() or val is None or not len(val) or np.asarray(val.labels).ndim != 1:
+    if not best.exists() or val is None or not len(val):
         return
     ckpt = load_checkpoint(best)
     model = model_from_checkpoint(ckpt)
+    if np.asarray(val.labels).ndim == 2:
+        return _calibrate_multilabel(run, ckpt, model, val, summary)
     fitted = fit_trust(model, Preprocessing.from_dict(ckpt["preprocessing"]), val, run.data.splits.get("train"),
                        calibrate=cfg.calibrate, score=cfg.ood_score, keep=cfg.reject_keep, tta_flip=cfg.tta_flip,
                        features=cached_features(run))
@@ -131,3 +134,23 @@ def cached_features(run) -> dict:
         if cached is not None:
             out[split] = (cached.features[0].float().cpu().numpy(), np.asarray(loader.samples.labels))
     return out
+
+
+def _calibrate_multilabel(run, ckpt: dict, model, val, summary: dict) -> None:
+    if not run.cfg.calibrate:
+        return
+    logits, _, targets = sample_outputs(model, val, Preprocessing.from_dict(ckpt["preprocessing"]),
+                                        tta_flip=run.cfg.tta_flip)
+    temperature, kind = fit_multilabel_temperature(logits, targets)
+    if np.all(np.asarray(temperature) == 1.0):
+        return
+    value = float(temperature) if kind == "shared" else [float(t) for t in temperature]
+    update = {"temperature": value}
+    if ckpt.get("thresholds") is not None and run.cfg.threshold is None:  # refitted on the calibrated probabilities
+        update["thresholds"] = run.task.fit_thresholds(run.task.probabilities(logits / np.asarray(temperature)),
+                                                       targets)
+    ckpt.pop("format", None)
+    save_checkpoint({**ckpt, **update}, Path(run.dir) / "best.pt")
+    summary["temperature"] = value
+    print(f"calibration: {kind} temperature {np.round(temperature, 3).tolist()} (fitted on {len(val)} validation "
+          "images; decision thresholds refitted on the calibrated probabilities)", flush=True)

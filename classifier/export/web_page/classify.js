@@ -212,7 +212,8 @@
       throw new PageError(`the model gave ${raw.length} outputs for ${meta.classes.length} classes in its metadata`);
     }
     // calibration (classifier/trust/): the logits divided by the temperature fitted on validation
-    const logits = Array.from(raw, (value) => value / (meta.temperature || 1));
+    const t = meta.temperature || 1;  // a number, or one per class (multi-label)
+    const logits = Array.from(raw, (value, i) => value / (Array.isArray(t) ? t[i] : t));
     const cam = outputs.cam ? {data: outputs.cam.data, height: outputs.cam.dims[1], width: outputs.cam.dims[2]} : null;
     return {probs: isMultilabel(meta) ? sigmoid(logits) : softmax(logits), ms, cam};
   }
