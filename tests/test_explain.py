@@ -74,3 +74,13 @@ def test_onnx_cam_output_equals_pytorch():
     outputs = Predictor.load(onnx_path).graph_outputs(x.numpy())
     assert list(outputs) == ["logits", "ood_score", "cam"]
     np.testing.assert_allclose(outputs["cam"], cam.numpy(), atol=1e-4)
+
+
+def test_grad_cam_on_a_vision_transformer_reshapes_its_tokens():
+    model = create_model("timm/vit_tiny_patch16_224", num_classes=3, in_chans=3, img_size=32).eval()
+    from classifier.models import cam_target
+
+    target = cam_target(model)
+    assert target.prefix_tokens == 1 and target.grid == (2, 2)
+    maps = grad_cam(model, torch.randn(2, 3, 32, 32))
+    assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
