@@ -170,7 +170,7 @@ def _pairs_figure(path, pairs: list[tuple], names: list, ids: list, thumbs: list
             except BadImageError:
                 image = np.zeros((THUMB, THUMB), np.uint8)
             images.append(image)
-            captions.append(f"{names[i]}: {ids[i][-26:]}" + (f"\ndistance {d:.4f}" if k else "\n"))
+            captions.append(f"{names[i]}: {ids[i].rsplit('/', 1)[-1][-18:]}" + (f"\ndistance {d:.4f}" if k else "\n"))
     side = min(max(max(im.shape[:2]) for im in images), 96)
     tiles = [np.asarray(Image.fromarray(im[..., 0] if im.ndim == 3 and im.shape[-1] == 1 else im).convert("RGB")
                         .resize((side, side), Image.BILINEAR)) for im in images]
