@@ -141,8 +141,9 @@ class Config:
     classes: list | None = None  # keep only these classes (names or indices), relabelled in the given order
     max_per_class: int = key(0, ge=0)  # cap training images per class, seeded (0: all); e.g. few-shot transfer
     sampler: str = key("shuffle", choices=SAMPLERS)  # balanced: training draws every class equally often
-    exclude: str | list | None = None  # train without these files: names, comma-separated, or a text/CSV file
-    # of them (e.g. label_issues.csv); applied after the split (classifier/data/exclude.py)
+    exclude: str | list | None = field(default=None, metadata=flag_spec(  # classifier/data/exclude.py
+        metavar="LIST", help="train without these files: names relative to the dataset folder, comma-separated, "
+                             "or a text/CSV file of them (e.g. RUN/label_issues.csv); applied after the split"))
     folds: int | None = key(ge=2)  # k-fold cross-validation over train+val (classifier/crossval.py)
     fold: int | None = key(ge=1)  # with folds: this run is fold k (1..folds), validating on it
     # --- optimisation
