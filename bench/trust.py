@@ -65,7 +65,7 @@ def train_run(images, labels, names, args, out: Path, **extra):
     run = classifier.train(model=args.model, dataset=(images, labels), class_names=names, epochs=args.epochs,
                            augment="none", eval_test=False, plots=False, tensorboard=False, progress=False,
                            project=str(out.parent), name=out.name, exist_ok=True, seed=args.seed,
-                           extra={"width": args.width}, **extra)
+                           extra={"width": args.width} if args.model == "vggnet" else {}, **extra)
     ckpt = load_checkpoint(run.dir / "best.pt")
     model = model_from_checkpoint(ckpt)
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
