@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--optimizer", default=None, help="the toolkit's optimizer (default: its own, sgd)")
     parser.add_argument("--skip-plain", action="store_true", help="the toolkit only (the plain loop's figures "
                         "depend on the data, seed and epochs only)")
+    parser.add_argument("--set", help="more toolkit settings as a YAML mapping, e.g. '{batch_size: 64, lr: 0.003}'")
     args = parser.parse_args()
 
     info, official = load_dataset("fashion_mnist")
@@ -112,6 +114,7 @@ def main() -> None:
         probs, plain_s = plain_loop(x_train, y_train, x_test, args.epochs, args.seed)
         plain = multilabel_metrics(y_test, probs, classes)  # 0.5 for every class
     extra = {"optimizer": args.optimizer} if args.optimizer else {}
+    extra.update(yaml.safe_load(args.set) if args.set else {})
 
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
