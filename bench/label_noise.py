@@ -229,7 +229,9 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--augment", default=None)
     parser.add_argument("--width", type=int, default=None, help="the model's width (vggnet, resnet: extra={width: N})")
-    parser.add_argument("--filter-by", default="prune_by_noise_rate")
+    parser.add_argument("--filter-by", default=None,
+                        help="cleanlab's rule (default: find_label_issues' own, low_self_confidence; the rows of "
+                             "docs/data-quality.md before it was the default used prune_by_noise_rate)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary folder")

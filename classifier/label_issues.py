@@ -7,10 +7,12 @@
 
 ``train.py --find-label-issues`` is the same call. It runs k-fold cross-validation (classifier/crossval.py,
 ``folds`` default 5: every train+val image gets probabilities from a model that never trained on it, and
-the folds already done in the same folder are reused), then cleanlab's ``filter.find_label_issues`` (its
-default rule, ``prune_by_noise_rate``: the count of errors per pair of classes is estimated from the
-confident joint, and that many of the least likely given labels are flagged). In the cross-validation
-folder RUN it writes:
+the folds already done in the same folder are reused), then cleanlab's ``filter.find_label_issues`` with
+``filter_by`` (FILTERS; default ``low_self_confidence``: cleanlab's ``count.num_label_issues`` estimates how
+many labels are wrong, the off-diagonal of the confident joint, and that many images with the lowest
+out-of-fold probability of their given label are flagged; on the label-noise benchmark it beat cleanlab's own
+default ``prune_by_noise_rate`` in precision and recall for both models measured: bench/label_issue_options.py,
+docs/data-quality.md). In the cross-validation folder RUN it writes:
 
 * ``label_issues.csv``: file, given_label, suggested_label (the out-of-fold prediction), score (cleanlab's
   label quality: the out-of-fold probability of the given label; lower is more suspicious), most
@@ -40,7 +42,8 @@ from classifier.fileio import atomic_write_text
 from classifier.report.tiles import plot_tiles
 
 FIGURE_IMAGES = 36  # shown in label_issues.png
-FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
+FILTERS = ("low_self_confidence", "prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
+           "predicted_neq_given", "low_normalized_margin")  # cleanlab's filter_by rules; the first is the default
 
 
 @dataclass(repr=False)
@@ -61,14 +64,14 @@ class LabelIssues:
         return f"LabelIssues({len(self.rows)} of {len(self.cv.files) if self.cv else '?'} images, dir='{self.dir}')"
 
 
-def find_label_issues(config: str | Path | None = None, *, folds: int | None = None, filter_by: str = FILTERS[0],
+def find_label_issues(config: str | Path | None = None, *, folds: int | None = None, filter_by: str | None = None,
                       figure: bool = True, callbacks: dict | None = None, class_names=None,
                       **settings) -> LabelIssues:
     """Cross-validate (``classifier.cross_validate``'s settings; the test split is not evaluated unless
     ``eval_test=True``) and flag the train+val images whose given label the out-of-fold probabilities
-    contradict. ``filter_by``: cleanlab's rule (FILTERS). Writes label_issues.csv/.png/.md in the folder."""
-    if filter_by not in FILTERS:
-        raise ClassifierError(f"invalid filter_by '{filter_by}' (choices: {', '.join(FILTERS)})")
+    contradict. ``filter_by``: cleanlab's rule (FILTERS; None: the first, ``low_self_confidence``; CLI
+    ``--label-issue-filter``). Writes label_issues.csv/.png/.md in the folder."""
+    filter_by = _checked_filter(filter_by)
     if settings.get("fold") is not None:
         raise ClassifierError("finding label issues needs every fold: drop fold (run single folds with "
                               "cross_validate / --folds K --fold k, then this finds them done)")
@@ -78,9 +81,18 @@ def find_label_issues(config: str | Path | None = None, *, folds: int | None = N
     return label_issues_of(cv, filter_by=filter_by, figure=figure)
 
 
-def rank_label_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str = FILTERS[0]) -> tuple[np.ndarray,
-                                                                                                   np.ndarray]:
+def _checked_filter(filter_by: str | None) -> str:
+    if filter_by is None:
+        return FILTERS[0]
+    if filter_by not in FILTERS:
+        raise ClassifierError(f"invalid label issue filter '{filter_by}' (choices: {', '.join(FILTERS)})")
+    return filter_by
+
+
+def rank_label_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str | None = None) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
     """(positions of the flagged samples, most suspicious first; every sample's label quality score)."""
+    filter_by = _checked_filter(filter_by)
     from cleanlab.filter import find_label_issues as cleanlab_find  # cleanlab (and scikit-learn): only here
     from cleanlab.rank import get_label_quality_scores
 
@@ -95,8 +107,9 @@ def rank_label_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str = FI
     return np.asarray(flagged, dtype=np.int64), get_label_quality_scores(labels, probs, method="self_confidence")
 
 
-def label_issues_of(cv: CrossValResult, *, filter_by: str = FILTERS[0], figure: bool = True) -> LabelIssues:
+def label_issues_of(cv: CrossValResult, *, filter_by: str | None = None, figure: bool = True) -> LabelIssues:
     """Flag, write the CSV, figure and report of a complete cross-validation."""
+    filter_by = _checked_filter(filter_by)
     if not cv.complete:
         raise ClassifierError(f"{cv.dir}: folds {sorted(set(range(1, cv.folds + 1)) - set(cv.folds_done))} are not "
                               "done; label issues need the out-of-fold probabilities of every fold")

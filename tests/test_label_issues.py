@@ -13,7 +13,7 @@ from classifier.commands.train import main as train_main
 from classifier.data import run_splits
 from classifier.data.exclude import sample_ids
 from classifier.errors import ClassifierError
-from classifier.label_issues import rank_label_issues
+from classifier.label_issues import FILTERS, rank_label_issues
 from tests.conftest import write_class_images
 from tests.test_folds import FAST, folder_hash, stripes
 
@@ -25,12 +25,37 @@ def test_cleanlab_ranks_the_contradicted_labels_first():
     probs[np.arange(300), labels] += 0.8  # the model agrees with the given label ...
     wrong = np.array([5, 50, 120, 200])
     probs[wrong] = np.roll(probs[wrong], 1, axis=1)  # ... except on these
-    flagged, scores = rank_label_issues(labels, probs)
+    flagged, scores = rank_label_issues(labels, probs, "prune_by_noise_rate")
     assert set(flagged.tolist()) <= set(wrong.tolist()) and len(flagged) >= 3  # cleanlab's count estimate
+    default, _ = rank_label_issues(labels, probs)  # 3 classes: off_diagonal counts fewer (2), none of them wrong
+    assert 1 <= len(default) <= len(flagged) and set(default.tolist()) <= set(wrong.tolist())
     assert set(np.argsort(scores)[:4].tolist()) == set(wrong.tolist())  # the four lowest label qualities
     assert np.all(np.diff(scores[flagged]) >= 0)  # most suspicious (lowest quality) first
     with pytest.raises(ClassifierError, match="no train"):
         rank_label_issues(np.zeros(10, int), np.full((10, 2), 0.5))
+
+
+def test_the_default_rule_flags_cleanlabs_count_of_the_lowest_given_label_probabilities(capsys):
+    from cleanlab.count import num_label_issues
+
+    rng = np.random.default_rng(1)
+    labels = np.arange(600) % 4
+    probs = rng.dirichlet([1, 1, 1, 1], 600) * 0.5
+    probs[np.arange(600), labels] += 0.5
+    wrong = rng.choice(600, 60, replace=False)
+    probs[wrong] = np.roll(probs[wrong], 1 + rng.integers(0, 3), axis=1)
+    flagged, scores = rank_label_issues(labels, probs)  # the default: low_self_confidence
+    assert FILTERS[0] == "low_self_confidence"
+    assert len(flagged) == num_label_issues(labels, probs) and len(flagged) > 0
+    assert set(flagged.tolist()) == set(np.argsort(scores, kind="stable")[:len(flagged)].tolist())
+    assert scores[flagged].max() <= np.delete(scores, flagged).min()  # nothing less likely left unflagged
+    by_noise_rate, _ = rank_label_issues(labels, probs, "prune_by_noise_rate")  # the other rules stay selectable
+    assert len(by_noise_rate) and set(by_noise_rate.tolist()) != set(flagged.tolist())
+    for argv, message in ((["--find-label-issues", "--label-issue-filter", "nope"], "invalid label issue filter"),
+                          (["--label-issue-filter", "both"], "goes with --find-label-issues")):
+        with pytest.raises(SystemExit) as exit_info:  # checked before any training
+            train_main(["--model", "lenet5", "--dataset", "fashion_mnist", *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_planted_label_errors_are_found_and_listed_with_both_labels(tmp_path):

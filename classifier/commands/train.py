@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--find-label-issues", action="store_true",
                       help="k-fold out-of-fold probabilities (--folds, default 5) and cleanlab: list the train+val "
                            "images whose label looks wrong in RUN/label_issues.csv (+ .png, .md); changes no file")
+    data.add_argument("--label-issue-filter", metavar="RULE",
+                      help="with --find-label-issues: cleanlab's filter_by rule (default low_self_confidence; the "
+                           "others and how they compare: docs/data-quality.md)")
     add_import_argument(parser)
     add_config_arguments(parser)
     return parser
@@ -106,6 +109,10 @@ def main(argv=None):
         return None
     # the settings are resolved once, in the API (config.resolve): recipe < --config file < flags
     settings = flag_values(args)
+    if args.label_issue_filter and not args.find_label_issues:
+        from classifier.errors import ClassifierError
+
+        raise ClassifierError("--label-issue-filter goes with --find-label-issues")
     if args.find_lr is not None:
         return find_lr(args, argv)
     if args.visualize:
@@ -120,7 +127,7 @@ def main(argv=None):
     if args.find_label_issues:
         from classifier.label_issues import find_label_issues  # imports cleanlab: only for this
 
-        return find_label_issues(args.config, **settings).dir
+        return find_label_issues(args.config, filter_by=args.label_issue_filter, **settings).dir
     if settings.get("folds") and args.resume is None:  # --folds K [--fold k]: k-fold cross-validation
         from classifier.crossval import cross_validate
 
