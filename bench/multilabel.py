@@ -94,12 +94,17 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=6000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--model", default="vggnet", help="the toolkit's model (registry name)")
+    # the toolkit's settings, chosen on VALIDATION mAP after 4 epochs (never the test split): vggnet adam batch 64
+    # 0.815, resnet adam batch 64 0.815 (lr 3e-3: 0.850), resnet adam batch 32 without augmentation 0.884; vggnet
+    # with the defaults (sgd, batch 128, light augmentation) was still at 0.69 after 3 epochs. The plain loop does
+    # not augment either.
+    parser.add_argument("--model", default="resnet", help="the toolkit's model (registry name)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--optimizer", default=None, help="the toolkit's optimizer (default: its own, sgd)")
+    parser.add_argument("--optimizer", default="adam", help="the toolkit's optimizer")
     parser.add_argument("--skip-plain", action="store_true", help="the toolkit only (the plain loop's figures "
                         "depend on the data, seed and epochs only)")
-    parser.add_argument("--set", help="more toolkit settings as a YAML mapping, e.g. '{batch_size: 64, lr: 0.003}'")
+    parser.add_argument("--set", default="{batch_size: 32, augment: none}",
+                        help="more toolkit settings as a YAML mapping, e.g. '{batch_size: 64, lr: 0.003}'")
     args = parser.parse_args()
 
     info, official = load_dataset("fashion_mnist")

@@ -3,7 +3,6 @@ the sampled values in each trial's config.yaml (both backends), and its best.yam
 from __future__ import annotations
 
 import csv
-import os
 import time
 
 import numpy as np
@@ -165,10 +164,8 @@ def test_durations_and_bad_arguments(tmp_path):
         classifier.tune(trials=0, model="lenet5")
 
 
-# Ray's start and one worker process per trial (each importing torch) took 67-165 s on the busy 2-core machine:
-# over the suite's budget for a local `make test`, so it runs in CI (CI set) or with CLASSIFIER_RAY_TESTS=1
-@pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("CLASSIFIER_RAY_TESTS")),
-                    reason="slow (starts Ray): runs in CI, or locally with CLASSIFIER_RAY_TESTS=1")
+# Ray's start and one worker process per trial (each importing torch): 33 s of the suite's 5 min on a quiet
+# 2-core machine (make test's xdist, 2 processes), so it runs in every `make test`; it took 67-165 s on a busy one
 def test_ray_backend_runs_two_trials_with_the_sampled_values(tmp_path):
     ray = pytest.importorskip("ray")
     images, labels = tiny_arrays()
