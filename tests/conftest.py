@@ -47,6 +47,16 @@ def bomb_png(path, side: int):
     return path
 
 
+def stripes(n: int = 90, side: int = 16, seed: int = 0):
+    """A learnable 3-class array dataset: the class decides which third of the image is bright."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    images = rng.integers(0, 60, (n, side, side), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        images[i, :, c * side // 3:(c + 1) * side // 3] += 180
+    return images, labels
+
+
 UNREADABLE = ("truncated.jpg", "empty.png", "text.jpg", "bomb.png", "bomb2x.png")
 UNUSUAL = ("cmyk.jpg", "deep16.png", "palette_alpha.png", "png_named.jpg")
 

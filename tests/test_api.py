@@ -22,19 +22,10 @@ from classifier.commands.test import main as classify_main
 from classifier.commands.train import main as train_main
 from classifier.engine import build
 from classifier.errors import ClassifierError
+from tests.conftest import stripes
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(batch_size=16, progress=False, amp="off", workers=0, tensorboard=False, plots=False)
-
-
-def stripes(n: int = 90, side: int = 16, seed: int = 0):
-    """A learnable 3-class array dataset: the class decides which third of the image is bright."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 3
-    images = rng.integers(0, 60, (n, side, side), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        images[i, :, c * side // 3:(c + 1) * side // 3] += 180
-    return images, labels
 
 
 def test_train_on_arrays_records_them_and_predicts(tmp_path):

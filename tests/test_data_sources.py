@@ -19,7 +19,7 @@ from classifier.data.samples import DatasetInfo, Samples
 from classifier.data.sources import (default_augment, find_source, fashion_mnist, register_source, registry, resolve,
                                      source_stats)
 from classifier.errors import ClassifierError
-from tests.conftest import write_class_images
+from tests.conftest import stripes, write_class_images
 from tests.test_data_helpers import write_cifar, write_eurosat, write_fashion
 
 TINY = ["--model", "lenet5", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--progress", "false",
@@ -33,16 +33,6 @@ def forget_registrations(monkeypatch, tmp_path):
     """Sources a test registers vanish after it; no system copy of Fashion-MNIST is found."""
     monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path / "no-system-copy"))
-
-
-def stripes(n=60, side=16):
-    """Three classes told apart by which third of the image is bright."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % 3
-    images = rng.integers(0, 60, (n, side, side), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        images[i, :, c * side // 3:(c + 1) * side // 3] += 180
-    return images, labels
 
 
 # --- built-in sources ---------------------------------------------------------------------------
@@ -148,7 +138,7 @@ def test_user_module_by_name_and_the_python_api(tmp_path, monkeypatch):
     assert find_source("api_stripes").user
     run = classifier.train(dataset="api_stripes", project=str(tmp_path / "runs"), name="api", **TINY_API)
     assert run.config.dataset == "api_stripes" and len(run.history) == 1
-    images, labels = stripes()
+    images, labels = stripes(60)
     assert run.model.evaluate((images, labels), output=tmp_path / "ev").metrics["n_samples"] == 60
 
 

@@ -17,20 +17,10 @@ from classifier.data.folds import fold_assignment
 from classifier.data.sources import arrays_dataset
 from classifier.errors import ClassifierError
 from classifier.inference import Predictor
-from tests.conftest import write_class_images
+from tests.conftest import stripes, write_class_images
 
 FAST = dict(model="lenet5", epochs=1, batch_size=16, lr=0.05, progress=False, amp="off", workers=0,
             tensorboard=False, plots=False, eval_test=False)
-
-
-def stripes(n: int = 60, side: int = 16, seed: int = 0):
-    """3 learnable classes: the class decides which third of the image is bright."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 3
-    images = rng.integers(0, 60, (n, side, side), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        images[i, :, c * side // 3:(c + 1) * side // 3] += 180
-    return images, labels
 
 
 def folder_hash(folder) -> str:

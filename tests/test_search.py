@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import time
 
-import numpy as np
 import pytest
 import yaml
 
@@ -16,19 +15,9 @@ from classifier.search import parse_duration
 from classifier.search.space import build_space, default_space
 from classifier.config import resolve
 
-from .conftest import write_class_images
+from tests.conftest import stripes, write_class_images
 
 FAST = dict(model="lenet5", batch_size=16, progress=False, amp="off", workers=0, tensorboard=False, plots=False)
-
-
-def tiny_arrays(n: int = 36, side: int = 12, seed: int = 0):
-    """3 classes told apart by which third of the image is bright."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 3
-    images = rng.integers(0, 60, (n, side, side), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        images[i, :, c * side // 3:(c + 1) * side // 3] += 180
-    return images, labels
 
 
 def rows(run_dir):
@@ -82,7 +71,7 @@ def test_study_continues_to_its_total_and_best_yaml_trains(tmp_path, capsys):
 
 
 def test_pruning_stops_a_hopeless_trial(tmp_path):
-    images, labels = tiny_arrays()
+    images, labels = stripes(36, 12)
 
     def hopeless(run, row):  # a fake objective: trial 2 looks hopeless from its first epoch
         if run.dir.name == "0002":
@@ -98,7 +87,7 @@ def test_pruning_stops_a_hopeless_trial(tmp_path):
 
 
 def test_interrupted_trial_leaves_the_study_resumable(tmp_path):
-    images, labels = tiny_arrays()
+    images, labels = stripes(36, 12)
     common = dict(FAST, dataset=(images, labels), epochs=1, project=str(tmp_path), name="stop")
 
     def ctrl_c(run, row):
@@ -127,7 +116,7 @@ def test_time_limit_stops_the_running_trial(tmp_path, monkeypatch):
             return time.time() + 3600
 
     monkeypatch.setattr(trial_module, "time", Later)
-    images, labels = tiny_arrays()
+    images, labels = stripes(36, 12)
     result = classifier.tune(trials=5, time_limit="1h", dataset=(images, labels), epochs=3, project=str(tmp_path),
                              name="time", **FAST)
     # stopped at its first epoch's end, recorded as failed (it does not count), and no trial after it
@@ -168,7 +157,7 @@ def test_durations_and_bad_arguments(tmp_path):
 # 2-core machine (make test's xdist, 2 processes), so it runs in every `make test`; it took 67-165 s on a busy one
 def test_ray_backend_runs_two_trials_with_the_sampled_values(tmp_path):
     ray = pytest.importorskip("ray")
-    images, labels = tiny_arrays()
+    images, labels = stripes(36, 12)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = classifier.tune(trials=2, backend="ray", resources={"cpu": 1}, dataset=(images, labels), epochs=1,

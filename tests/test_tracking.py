@@ -4,30 +4,21 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 import classifier
 from classifier.tracking import TrackingWarning, tracking_uri
+from tests.conftest import stripes
 
 mlflow = pytest.importorskip("mlflow")
 FAST = dict(model="lenet5", batch_size=16, progress=False, amp="off", workers=0, tensorboard=False, plots=False)
-
-
-def tiny_arrays(n: int = 36, side: int = 12):
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % 3
-    images = rng.integers(0, 60, (n, side, side), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        images[i, :, c * side // 3:(c + 1) * side // 3] += 180
-    return images, labels
 
 
 def test_mlflow_run_has_params_epochs_test_metrics_and_artefacts(tmp_path):
     from mlflow.tracking import MlflowClient
 
     store = tmp_path / "mlruns"
-    run = classifier.train(dataset=tiny_arrays(), epochs=2, lr=0.03, project=str(tmp_path), name="tracked",
+    run = classifier.train(dataset=stripes(36, 12), epochs=2, lr=0.03, project=str(tmp_path), name="tracked",
                            mlflow=str(store), **FAST)
     record = json.loads((run.dir / "mlflow.json").read_text())
     assert record["tracking_uri"] == tracking_uri(str(store))[0] == f"sqlite:///{store / 'mlflow.db'}"
@@ -46,12 +37,12 @@ def test_mlflow_run_has_params_epochs_test_metrics_and_artefacts(tmp_path):
     onnx = run.model.export()
     assert f"export/{onnx.name}" in {a.path for a in client.list_artifacts(record["run_id"], "export")}
     # a resume logs on into the same MLflow run
-    classifier.train(resume=run.dir, dataset=tiny_arrays(), epochs=3)
+    classifier.train(resume=run.dir, dataset=stripes(36, 12), epochs=3)
     assert [m.step for m in client.get_metric_history(record["run_id"], "val_acc")] == [1, 2, 3]
 
 
 def test_unreachable_tracking_uri_warns_and_trains(tmp_path):
     with pytest.warns(TrackingWarning, match="MLflow logging off"):
-        run = classifier.train(dataset=tiny_arrays(), epochs=1, project=str(tmp_path), name="offline",
+        run = classifier.train(dataset=stripes(36, 12), epochs=1, project=str(tmp_path), name="offline",
                                mlflow="http://127.0.0.1:9", **FAST)
     assert len(run.history) == 1 and (run.dir / "best.pt").is_file() and not (run.dir / "mlflow.json").exists()
