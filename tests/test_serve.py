@@ -301,6 +301,8 @@ def bad_requests(problems):
         "v2 not json": (400, "/v2/models/classifier/infer", b"{not json", {}),
         "v2 null data": (400, "/v2/models/classifier/infer", v2_body(data=[None] * 432), {}),
         "v2 parameters not an object": (400, "/v2/models/classifier/infer", v2_body(parameters=[1]), {}),
+        "v2 integer beyond float64": (400, "/v2/models/classifier/infer", v2_body(data=[10 ** 400] + [0.0] * 431), {}),
+        "v2 nested too deep": (400, "/v2/models/classifier/infer", b"[" * 100_000 + b"]" * 100_000, {}),
         "multipart, no boundary": (400, "/predict", b"abc", {"Content-Type": "multipart/form-data"}),
         "v2 bad binary size": (400, "/v2/models/classifier/infer", binary_header,
                                {"Inference-Header-Content-Length": str(len(binary_header))}),
@@ -368,6 +370,8 @@ def test_options_are_checked(artifacts, capsys):
         classifier.load(artifacts["onnx"]).serve(prot=1)
     with pytest.raises(ClassifierError, match="max_batch"):
         ServeOptions.of(max_batch=0)
+    with pytest.raises(ClassifierError, match="port must be an integer"):
+        ServeOptions.of(port="8000")
     for argv, message in ((["--model", "missing.onnx"], "not found"), (["--model", "m.onnx", "--max-batch", "0"],
                                                                         "max_batch must be at least 1")):
         with pytest.raises(SystemExit) as exit_:

@@ -2,9 +2,14 @@
 come from this dataclass (field name -> ``--flag-name``, default, and the help text in ``HELP``)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields
 
 from classifier.errors import ClassifierError
+
+
+ABSTRACT = {int: numbers.Integral, float: numbers.Real, str: str}  # a field's type -> the values it takes
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,10 @@ class ServeOptions:
     threads: int = 0
 
     def __post_init__(self):
+        for f in fields(self):  # Model.serve's keywords are not typed by argparse: port="8000" is refused here
+            value, kind = getattr(self, f.name), type(f.default)
+            if not isinstance(value, ABSTRACT[kind]) or (kind is not str and isinstance(value, bool)):
+                raise ClassifierError(f"{f.name} must be {TYPE_NAMES[kind]}, got {value!r}")
         for name, low in (("port", 0), ("max_batch", 1), ("workers", 1), ("threads", 0)):
             if getattr(self, name) < low:
                 raise ClassifierError(f"{name} must be at least {low}, got {getattr(self, name)}")

@@ -69,7 +69,7 @@ def parse_infer_request(body: bytes, header_length: str | None, predictor) -> tu
     json_part, binary = _split_body(body, header_length)
     try:
         request = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: nested too deep
         raise V2Error(400, f"the request body is not JSON: {str(err).splitlines()[0][:120]}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise V2Error(400, "an infer request is a JSON object with an 'inputs' list")
@@ -121,7 +121,7 @@ def _input_tensor(spec: dict, binary: bytes, predictor) -> tuple[np.ndarray, int
         raise V2Error(400, f"input '{INPUT_NAME}' has neither 'data' nor a binary_data_size parameter")
     try:
         flat = np.asarray(spec["data"], dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float64
         raise V2Error(400, f"input '{INPUT_NAME}' data must be numbers (a flat or nested list)") from None
     if not np.all(np.isfinite(flat)):
         raise V2Error(400, f"input '{INPUT_NAME}' data must be finite numbers (no null, NaN or infinity)")
