@@ -132,11 +132,11 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
         """``topk``; ``threshold``, ``reject``, ``explain``: as ``Model.predict``'s."""
         if topk < 1:
             raise HTTPException(400, f"topk must be at least 1, got {topk}")
-        options = PredictOptions(threshold, reject, explain)
+        asked = PredictOptions(threshold, reject, explain)  # (not ``options``: the server's, used by run_model)
         with batcher.coming():
             uploads = await read_images(request)
             images = await run_in_threadpool(decode, uploads, predictor.prep.channels)
-        predictions = await run_model(request, [(options, im) for im in images])
+        predictions = await run_model(request, [(asked, im) for im in images])
         metrics.images.labels("predict").inc(len(predictions))
         return [item(p, topk, name) for p, (name, _) in zip(predictions, uploads)]
 
