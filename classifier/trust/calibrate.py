@@ -67,7 +67,6 @@ def _golden_min(f, lo: float, hi: float, iters: int = 60) -> float:
     return (a + b) / 2
 
 
-
 def uncalibrated_calibration(probs, labels, temperature: float, bins: int = 15) -> dict:
     """The reliability figures of the raw softmax, recovered from calibrated probabilities (softmax of
     T * log p is the raw softmax), for the report's before/after: {} when no temperature was applied."""

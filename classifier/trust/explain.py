@@ -4,7 +4,8 @@
   names for each family (``CamTarget``; vision transformers' tokens are reshaped to their patch grid).
 - Plain CAM (Zhou et al. 2016) for nets whose last feature map is global-average-pooled straight into the
   linear head: the head's weights of the top class summed over that map's channels, no gradients. Its
-  mean over the map plus the bias is that class's logit. ``CamModel`` exports it as a second ONNX output.
+  mean over the map plus the bias is that class's logit. ``export.py --cam`` adds it as a second ONNX output
+  (``classifier/trust/graph.py``).
 
 A heat map at model size goes back onto the image through the resize policy's box (``policy_window``):
 resized to the box, cropped to the image (pad) or zero outside it (crop).
@@ -47,6 +48,12 @@ def head_linear(model) -> nn.Linear:
     return model.get_submodule(model.head_linear_prefix)
 
 
+def top_class_cam(model: nn.Module, logits: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
+    """Plain CAM (N, h, w): the head's weights of each image's top class summed over the map's channels."""
+    weights = head_linear(model).weight[logits.argmax(dim=1)]  # (N, C) rows of the top classes
+    return torch.einsum("nc,nchw->nhw", weights, feature_map)
+
+
 class CamModel(nn.Module):
     """``model`` with a second output: the plain CAM of the top class (N, h, w) at the feature resolution.
 
@@ -62,8 +69,7 @@ class CamModel(nn.Module):
     def forward(self, x):
         with FeatureMap(self.model, self.layer) as fm:
             logits = self.model(x)
-        weights = head_linear(self.model).weight[logits.argmax(dim=1)]  # (N, C) rows of the top classes
-        return logits, torch.einsum("nc,nchw->nhw", weights, fm.value)
+        return logits, top_class_cam(self.model, logits, fm.value)
 
 
 def plain_cam(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

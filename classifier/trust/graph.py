@@ -3,12 +3,11 @@ graph from the stored statistics) and ``cam`` (``export.py --cam``: the plain CA
 feature resolution). Logit scores and the temperature need no graph change: clients apply the metadata."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from classifier.artifact import OUTPUT_NAME
 from classifier.models import cam_target
-from classifier.trust.explain import CAM_OUTPUT, FeatureMap, check_plain_cam, head_linear
+from classifier.trust.explain import CAM_OUTPUT, FeatureMap, check_plain_cam, top_class_cam
 from classifier.trust.ood import OOD_OUTPUT, FeatureScore, score_entry
 
 
@@ -37,8 +36,7 @@ class TrustGraph(nn.Module):
         if self.score is not None:
             outputs.append(self.score(features))
         if self.cam:
-            weights = head_linear(self.model).weight[logits.argmax(dim=1)]
-            outputs.append(torch.einsum("nc,nchw->nhw", weights, fm.value))
+            outputs.append(top_class_cam(self.model, logits, fm.value))
         return tuple(outputs)
 
 
