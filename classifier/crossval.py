@@ -165,7 +165,7 @@ def write_oof_csv(path: Path, rows: list, classes: list) -> Path:
     """Rows (file, label index, fold, probabilities) as CSV: file, given_label, fold, a column per class."""
     header = list(FIXED_COLUMNS) + prob_columns(classes)
     lines = [header] + [[f, classes[y], k] + [f"{v:.6g}" for v in p] for f, y, k, p in rows]
-    text = _csv_text(lines)
+    text = csv_text(lines)
     atomic_write_text(path, text, "out-of-fold predictions")
     return path
 
@@ -176,7 +176,7 @@ def prob_columns(classes: list) -> list[str]:
     return [f"prob_{c}" if clash else str(c) for c in classes]
 
 
-def _csv_text(lines: list[list]) -> str:
+def csv_text(lines: list[list]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(lines)
     return out.getvalue()

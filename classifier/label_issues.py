@@ -3,7 +3,7 @@
     issues = classifier.find_label_issues(model="lenet5", dataset="folder:photos", epochs=10)
     issues.rows[0]          # {"file": "train/Coat/x.png", "given_label": "Coat", "suggested_label": "Pullover", ...}
     issues.per_class        # {"Coat": 12, ...}: flagged images per given class
-    classifier.train(dataset="folder:photos", exclude=issues.dir / "label_issues.csv")   # train without them
+    classifier.train(dataset="folder:photos", exclude=issues.files)   # train without them (or: the CSV's path, a str)
 
 ``train.py --find-label-issues`` is the same call. It runs k-fold cross-validation (classifier/crossval.py,
 ``folds`` default 5: every train+val image gets probabilities from a model that never trained on it, and
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from classifier.config import load_yaml
-from classifier.crossval import DEFAULT_FOLDS, CrossValResult, cross_validate
+from classifier.crossval import DEFAULT_FOLDS, CrossValResult, cross_validate, csv_text
 from classifier.data import BadImageError, load_image, run_splits
 from classifier.data.exclude import sample_ids
 from classifier.errors import ClassifierError
@@ -119,10 +119,9 @@ def label_issues_of(cv: CrossValResult, *, filter_by: str | None = None, figure:
              "suggested_label": cv.classes[suggested[i]], "score": float(scores[i])} for i in flagged]
     per_class = Counter(r["given_label"] for r in rows)
     per_class = {c: per_class.get(c, 0) for c in cv.classes}
-    lines = ["file,given_label,suggested_label,score"] + [
-        ",".join(_csv_cell(v) for v in (r["file"], r["given_label"], r["suggested_label"], f"{r['score']:.6f}"))
-        for r in rows]
-    atomic_write_text(cv.dir / "label_issues.csv", "\n".join(lines) + "\n", "label issues")
+    lines = [["file", "given_label", "suggested_label", "score"]] + [
+        [r["file"], r["given_label"], r["suggested_label"], f"{r['score']:.6f}"] for r in rows]
+    atomic_write_text(cv.dir / "label_issues.csv", csv_text(lines), "label issues")
     shown = _figure(cv, rows[:FIGURE_IMAGES]) if figure and rows else None
     totals = np.bincount(cv.labels, minlength=len(cv.classes))
     atomic_write_text(cv.dir / "label_issues.md", _report(cv, rows, per_class, totals, shown, filter_by),
@@ -133,11 +132,6 @@ def label_issues_of(cv: CrossValResult, *, filter_by: str | None = None, figure:
           f"  nothing in the dataset was changed; to train without them: --exclude {cv.dir / 'label_issues.csv'}",
           flush=True)
     return LabelIssues(cv.dir, rows, per_class, cv)
-
-
-def _csv_cell(value: str) -> str:
-    value = str(value)
-    return '"' + value.replace('"', '""') + '"' if any(ch in value for ch in ',"\n') else value
 
 
 def _report(cv: CrossValResult, rows: list, per_class: dict, totals: np.ndarray, figure, filter_by: str) -> str:
