@@ -20,7 +20,7 @@ import yaml
 
 from classifier.errors import ClassifierError, unknown_choice
 from classifier.fileio import atomic_write_text
-from classifier.flags import add_dataclass_arguments, flag_spec
+from classifier.flags import FALSE_WORDS, TRUE_WORDS, add_dataclass_arguments, declared_types, flag_spec
 from classifier.preprocess import RESIZE_POLICIES
 
 MODES = ("scratch", "finetune", "feature-extract")
@@ -218,9 +218,6 @@ class Config:
 FIELDS = {f.name: f for f in fields(Config)}
 
 
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
 def _to_bool(value):
     if isinstance(value, bool):
         return value
@@ -269,8 +266,17 @@ CONVERTERS = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_s
 
 def key_types(name: str) -> tuple[list[str], bool]:
     """The declared types of a key, in order (e.g. ["str", "list"]), and whether it may be None."""
-    kinds = [k.strip() for k in str(FIELDS[name].type).split("|")]
-    return [k for k in kinds if k != "None"], "None" in kinds
+    return declared_types(FIELDS[name])
+
+
+def convert_value(value, kinds: list[str], what: str):
+    """``value`` as the first of the declared ``kinds`` it converts to; else a one-line error naming ``what``."""
+    for kind in kinds:
+        try:
+            return CONVERTERS[kind](value)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    raise ClassifierError(f"{what}={value!r} is not a valid {' or '.join(kinds)}")
 
 
 def _coerce(name: str, value):
@@ -280,12 +286,7 @@ def _coerce(name: str, value):
         return [c.strip() for c in value.strip("[]").split(",") if c.strip()]
     if value is None and optional:
         return value
-    for kind in kinds:
-        try:
-            return CONVERTERS[kind](value)
-        except (TypeError, ValueError, OverflowError):
-            continue
-    raise ClassifierError(f"config value {name}={value!r} is not a valid {' or '.join(kinds)}")
+    return convert_value(value, kinds, f"config value {name}")
 
 
 def _accepted(name: str, value):

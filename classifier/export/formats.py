@@ -23,7 +23,7 @@ from typing import Callable
 from torch import nn
 
 from classifier.artifact import checkpoint_metadata, read_metadata
-from classifier.config import CONVERTERS
+from classifier.config import convert_value
 from classifier.data import RunSplits
 from classifier.errors import ClassifierError
 from classifier.export.onnx import DEFAULT_OPSET, ORT_TARGETS, export_onnx, required_operators_path, to_ort, verify_onnx
@@ -95,12 +95,7 @@ class ExportOptions:
         kinds, optional = declared_types(_FIELDS[name])
         if value is None and optional:
             return None
-        for kind in kinds:
-            try:
-                return CONVERTERS[kind](value)
-            except (TypeError, ValueError, OverflowError):
-                continue
-        raise ClassifierError(f"export option {name}={value!r} is not a valid {' or '.join(kinds)}")
+        return convert_value(value, kinds, f"export option {name}")
 
     def requested(self) -> list[str]:
         """The format names asked for, the old spellings included, in the order given."""
