@@ -38,14 +38,6 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
 
 
-def class_counts(labels, num_classes: int) -> list[int]:
-    """Images per class: a bincount of indices, or the column sums of a 0/1 matrix."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        return labels.sum(0).astype(int).tolist()
-    return np.bincount(labels.astype(np.int64), minlength=num_classes).tolist()
-
-
 def inverse_class_frequency(labels, num_classes: int = 0) -> np.ndarray:
     """Per-class weights n / (k x count) over the k classes present (absent classes: 0): every class then
     carries the same total weight, and a sample weighs 1 on average (``--class-weights auto``)."""

@@ -125,7 +125,10 @@ def classify_with_score(session, meta: dict, image_path: str):
 
 
 def label_set(meta: dict, probs: np.ndarray, threshold: float | None = None) -> list[int]:
-    """A multi-label model's predicted classes: probability >= the class's threshold (``threshold``: for all)."""
+    """A multi-label model's predicted classes: probability >= the class's threshold (``threshold``: for all;
+    0.5 where the file has no ``thresholds``, as the toolkit and the web page decide)."""
+    if threshold is None and "thresholds" not in meta:
+        threshold = 0.5
     cut = np.full(len(probs), threshold) if threshold is not None else np.asarray(json.loads(meta["thresholds"]))
     return [int(i) for i in np.flatnonzero(probs >= cut)]
 

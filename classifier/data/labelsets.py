@@ -74,8 +74,7 @@ def merge_same_images(paths: list[str], labels: np.ndarray, num_classes: int) ->
 
     ``labels``: class indices or a 0/1 matrix; returns (paths, 0/1 matrix) in first-seen order.
     """
-    labels = np.asarray(labels)
-    matrix = labels if labels.ndim == 2 else np.eye(num_classes, dtype=np.int64)[labels]
+    matrix = to_multilabel(labels, num_classes)
     first: dict[str, int] = {}
     out_paths, rows = [], []
     for path, row in zip(paths, matrix):
