@@ -169,3 +169,22 @@ def test_ray_backend_runs_two_trials_with_the_sampled_values(tmp_path):
     assert assert_trials_record_sampled_values(result.dir, ["lr", "weight_decay", "label_smoothing", "augment"]) == 2
     trial = yaml.safe_load((result.dir / "trials" / "0000" / "config.yaml").read_text())
     assert trial["threads"] == 1 and trial["lr"] == 0.05  # the trial's CPUs; the first trial is the defaults
+
+
+def test_ray_trial_stopped_early_is_pruned_by_asha_but_failed_when_time_is_up():
+    """Ray reports a stopped trial as complete with a partial result: ASHA's is PRUNED (it counts), one the
+    search's time limit stopped is FAIL (a re-run replaces it, as on the Optuna backend)."""
+    from classifier.search.ray_backend import searcher_class
+
+    class OptunaSearch:  # what the searcher hands on to Ray's OptunaSearch (result None + error: FAIL)
+        def __init__(self):
+            self._ot_trials, self.told = {}, []
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            self.told.append((result, error))
+
+    for deadline, error in ((None, False), (time.time() + 3600, False), (time.time() - 1, True)):
+        search = searcher_class(OptunaSearch, 3, deadline)()
+        search.on_trial_complete("t1", {"score": 0.5, "epoch": 1})
+        search.on_trial_complete("t2", {"score": 0.5, "epoch": 3})
+        assert search.told == [(None, error), ({"score": 0.5, "epoch": 3}, False)]

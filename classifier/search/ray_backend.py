@@ -36,10 +36,11 @@ def _ray():
     return ray, tune, ASHAScheduler, OptunaSearch
 
 
-def searcher_class(OptunaSearch, epochs: int):
+def searcher_class(OptunaSearch, epochs: int, deadline: float | None = None):
     class NumberedOptunaSearch(OptunaSearch):
-        """OptunaSearch that tells the trial its Optuna number (its folder name), and records a trial ASHA
-        stopped before its last epoch as pruned (Ray reports it as complete with a partial value)."""
+        """OptunaSearch that tells the trial its Optuna number (its folder name), and records a trial stopped
+        before its last epoch (Ray reports it as complete with a partial value) as pruned when ASHA stopped it,
+        as failed (replaced by a re-run, as on the Optuna backend) when the search's time was up."""
 
         def suggest(self, trial_id):
             params = super().suggest(trial_id)
@@ -54,7 +55,8 @@ def searcher_class(OptunaSearch, epochs: int):
                     warnings.simplefilter("ignore")
                     trial.report(result["score"], result["epoch"])
             if result and not error and result.get("epoch", epochs) < epochs:
-                result = None  # no value and no error: Optuna's PRUNED, with the epochs' reported values
+                error = deadline is not None and time.time() >= deadline  # --tune-time: FAIL, not counted
+                result = None  # no value: Optuna's PRUNED (FAIL with error), with the epochs' reported values
             super().on_trial_complete(trial_id, result=result, error=error)
 
     return NumberedOptunaSearch
@@ -118,7 +120,7 @@ def run(study: Study, trials: int, *, seed: int = 0, resources=None, parallel: i
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address) if address else ray.init(include_dashboard=False)
     try:
-        search = searcher_class(OptunaSearch, study.epochs)(
+        search = searcher_class(OptunaSearch, study.epochs, study.deadline)(
             study.space, metric="score", mode="max", sampler=sampler_for(seed, trials, len(before)),
             # a new study starts from the defaults (Ray takes whole points only)
             points_to_evaluate=[study.defaults] if needs_defaults(before, study.defaults)
