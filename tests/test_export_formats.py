@@ -228,6 +228,7 @@ def test_unknown_format_lists_the_table(run, capsys):
     ({"format": ["web", "onnx"]}, "drop onnx from --format"),
     ({"format": "web", "mobile": "arm"}, "drop --mobile"),
     ({"format": "web", "dynamic_size": True}, "drop --dynamic-size"),
+    ({"mobile": "arm", "ort_target": "amd64"}, "give the .ort target once"),
     ({"serve": True}, "add --web"),
     ({"output": "model.pt"}, "must end in .onnx"),
     ({"format": "web", "web": "a", "output": "b"}, "give the page's folder once"),

@@ -114,6 +114,10 @@ class ExportOptions:
         for name in ("mobile", "ort_target"):
             if getattr(self, name) not in (None, *ORT_TARGETS):
                 raise ClassifierError(f"{name} must be one of {', '.join(ORT_TARGETS)}, got {getattr(self, name)!r}")
+        if self.mobile is not None and self.ort_target != "arm" and self.mobile != self.ort_target:
+            # --mobile (arm unless named) would win over --ort-target: say so rather than ignore the flag
+            raise ClassifierError(f"give the .ort target once: --ort-target {self.ort_target} with --format ort, "
+                                  f"or --mobile {self.ort_target}")
         if self.serve and "web" not in self.requested():
             raise ClassifierError("--serve serves the page that --web writes: add --web [DIR]")
         if self.web and self.output:
