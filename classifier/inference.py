@@ -23,7 +23,7 @@ from classifier.data import load_image
 from classifier.errors import ClassifierError
 from classifier.models import model_from_checkpoint
 from classifier.preprocess import Preprocessing, convert_channels, to_model_input
-from classifier.tasks import DEFAULT_THRESHOLD, TASKS, Task, get_task
+from classifier.tasks import DEFAULT_THRESHOLD, TASKS, Task, get_task, softmax  # noqa: F401 (softmax: re-exported)
 from classifier.trust.explain import CAM_OUTPUT, grad_cam, normalise, to_image
 from classifier.trust.ood import OOD_OUTPUT, ood_from_metadata, ood_scores, score_entry
 
@@ -97,12 +97,6 @@ def flip_averaged(forward, x):
     images (flipped along the width). ``x``: NCHW numpy array or tensor; ``forward``: x -> logits."""
     mirrored = torch.flip(x, dims=[-1]) if torch.is_tensor(x) else np.ascontiguousarray(x[..., ::-1])
     return (forward(x) + forward(mirrored)) / 2
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Predictor:
@@ -285,9 +279,13 @@ class Predictor:
         if isinstance(images, np.ndarray) and images.ndim != 4:
             raise ClassifierError(f"an image array must be an NHWC batch, got shape {images.shape}; "
                                   "pass a single image as [image]")
-        outputs = [self.task.probabilities(self.logits(self.to_input(group)) / self.temperature)
+        outputs = [self.probabilities(self.logits(self.to_input(group)))
                    for i in range(0, len(images), batch_size) for group in image_groups(images[i:i + batch_size])]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of raw logits: divided by the temperature, then the task's softmax or sigmoid."""
+        return self.task.probabilities(logits / self.temperature)
 
     def predict_with_scores(self, images, *, batch_size: int = 64):
         """(probabilities (N, C), "unknown" scores (N,) or None without a stored rule): one pass per batch.
@@ -299,7 +297,7 @@ class Predictor:
             for group in image_groups(images[i:i + batch_size]):
                 x = self.to_input(group)
                 logits = self.logits(x)
-                probs.append(self.task.probabilities(logits / self.temperature))
+                probs.append(self.probabilities(logits))
                 scores.append(self._ood_score(x, logits))
         if not probs:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros(0)

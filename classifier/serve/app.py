@@ -121,7 +121,7 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
         rows = await run_model(request, [(TENSOR, row) for row in tensor])
         metrics.images.labels("v2").inc(len(rows))
         logits = np.stack(rows)
-        content, headers = v2.infer_response(name, req, logits, predictor.task.probabilities(logits))
+        content, headers = v2.infer_response(name, req, logits, predictor.probabilities(logits))  # calibrated
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
 
