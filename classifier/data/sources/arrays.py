@@ -82,13 +82,7 @@ def arrays_dataset(images, labels, class_names=None) -> tuple[DatasetInfo, dict[
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ClassifierError(f"labels must be in 0..{num_classes - 1} (one per class name), "
                               f"got {labels.min()} to {labels.max()}")
-    classes = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
-    if len(set(classes)) != len(classes):
-        raise ClassifierError(f"class_names must be unique, got {classes}")
-    pixels = images.reshape(-1, images.shape[3]).astype(np.float64) / 255.0
-    info = DatasetInfo(ARRAYS_PREFIX + fingerprint(images, labels), classes, images.shape[3],
-                       tuple(images.shape[1:3]), tuple(pixels.mean(0)), tuple(np.maximum(pixels.std(0), 1e-3)))
-    return info, {"train": Samples(labels=labels, images=images, source="train")}
+    return _in_memory(images, labels, _class_names(class_names, num_classes))
 
 
 def _label_matrix_dataset(images: np.ndarray, labels: np.ndarray, class_names):
@@ -99,14 +93,23 @@ def _label_matrix_dataset(images: np.ndarray, labels: np.ndarray, class_names):
         raise ClassifierError("no images given")
     if class_names is not None and len(class_names) != labels.shape[1]:
         raise ClassifierError(f"the label matrix has {labels.shape[1]} columns but {len(class_names)} class names")
-    classes = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(labels.shape[1])]
+    return _in_memory(images, labels.astype(np.uint8), _class_names(class_names, labels.shape[1]), multilabel=True)
+
+
+def _class_names(class_names, num_classes: int) -> list[str]:
+    """The given names as text (``0``, ``1``, ... without them); repeated names are an error."""
+    classes = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
     if len(set(classes)) != len(classes):
         raise ClassifierError(f"class_names must be unique, got {classes}")
-    labels = labels.astype(np.uint8)
+    return classes
+
+
+def _in_memory(images: np.ndarray, labels: np.ndarray, classes: list[str], multilabel: bool = False):
+    """(DatasetInfo named ``arrays:<fingerprint>``, {"train": Samples}), the statistics measured on the pixels."""
     pixels = images.reshape(-1, images.shape[3]).astype(np.float64) / 255.0
     info = DatasetInfo(ARRAYS_PREFIX + fingerprint(images, labels), classes, images.shape[3],
                        tuple(images.shape[1:3]), tuple(pixels.mean(0)), tuple(np.maximum(pixels.std(0), 1e-3)),
-                       multilabel=True)
+                       multilabel=multilabel)
     return info, {"train": Samples(labels=labels, images=images, source="train")}
 
 
