@@ -166,6 +166,7 @@ class Model:
         if reject and not self.predictor.ood:
             raise ClassifierError(f"{self.path} has no rejection threshold (it was trained without a validation "
                                   "split, or before the toolkit stored one): predict without reject")
+        self.predictor.decision_thresholds(threshold)  # a bad threshold is refused before any image is read
         images, paths, skipped = load_inputs(inputs, self.predictor.prep.channels)
         return predict_images(self.predictor, images, paths, skipped, topk=topk, batch_size=batch_size,
                               threshold=threshold, reject=reject, explain=explain)

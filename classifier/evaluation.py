@@ -116,6 +116,7 @@ def evaluate_and_report(predictor: Predictor, samples, out_dir, *, title: str = 
     if ood is not None and not predictor.ood:
         raise ClassifierError(f"{predictor.source} has no \"unknown\" score and threshold (trained without a "
                               "validation split, or before the toolkit stored them): --ood needs them")
+    predictor.decision_thresholds(threshold)  # a bad threshold is refused before the images are predicted
     ood_files = unknown_images(ood) if ood is not None else None
     found = run_predictions(predictor, samples, batch_size=batch_size, progress=progress)
     metrics = REPORTS[predictor.task.name](predictor, samples, out_dir, *found, title=title, source=source,
@@ -162,7 +163,6 @@ def evaluate_unknown(predictor: Predictor, samples, folder, files, out_dir, *, b
 def _multiclass_report(predictor: Predictor, samples, out_dir, probs, labels, indices, skipped, *, title, source,
                        history, figures, threshold) -> dict:
     classes, channels = predictor.classes, predictor.prep.channels
-    predictor.decision_thresholds(threshold)  # refuses a threshold for a single-label model
     known = labels >= 0
     metrics = compute_metrics(labels[known], probs[known], classes)
     metrics["unknown_class_samples"] = int((~known).sum())
