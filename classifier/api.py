@@ -163,6 +163,7 @@ class Model:
         (Grad-CAM of the predicted class at the image's own size, in [0, 1]; classifier/trust/)."""
         if topk < 1:
             raise ClassifierError(f"topk must be at least 1, got {topk}")
+        _check_batch_size(batch_size)
         if reject and not self.predictor.ood:
             raise ClassifierError(f"{self.path} has no rejection threshold (it was trained without a validation "
                                   "split, or before the toolkit stored one): predict without reject")
@@ -185,6 +186,7 @@ class Model:
         classes: AUROC, FPR at 95% TPR and the share rejected by the model's "unknown" threshold
         (``ood_auroc``, ``ood_fpr95``, ``ood_rejected`` in the metrics and the report).
         """
+        _check_batch_size(batch_size)
         samples, source, target = evaluation_samples(data, split, data_dir, model_path=self.path,
                                                      classes=self.classes, metadata=self.metadata)
         out = Path(output) if output else self.path.parent / f"eval-{target}-{self.path.stem}"
@@ -231,6 +233,11 @@ class Model:
         if self.path.suffix not in CHECKPOINT_SUFFIXES:
             raise ClassifierError(f"{self.path} is already an exported model: export its checkpoint (.pt)")
         return self.path
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ClassifierError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
 
 
 @dataclass(repr=False)

@@ -22,6 +22,8 @@ def evaluation_samples(data, split: str | None, data_dir, *, model_path: Path, c
     (split as the run was), or ``(images, labels)`` arrays.
     """
     if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise ClassifierError(f"data=(images, labels) takes two arrays, got {len(data)} items")
         info, official = arrays_dataset(*data, class_names=classes)
         return official["train"], f"{len(official['train'])} images from memory", "arrays"
     if data is not None and Path(str(data)).is_dir():

@@ -113,6 +113,17 @@ def test_predict_on_a_folder_lists_images_as_training_does(folder_run, tmp_path)
     assert [p.path for p in preds] == [str(tmp_path / "photos" / "b.png"), str(tmp_path / "photos" / "day2" / "a.png")]
 
 
+def test_bad_batch_size_and_data_tuple_are_one_line_errors(folder_run):
+    run, _, data = folder_run
+    model = classifier.load(run.dir / "best.pt")
+    with pytest.raises(ClassifierError, match="batch_size must be a whole number of at least 1, got 0"):
+        model.predict(data / "red", batch_size=0)
+    with pytest.raises(ClassifierError, match="batch_size must be"):
+        model.evaluate(data, batch_size=0)
+    with pytest.raises(ClassifierError, match="takes two arrays, got 3 items"):
+        model.evaluate((np.zeros((2, 8, 8), np.uint8), [0, 1], ["a", "b"]))
+
+
 def test_evaluate_and_export_from_the_api(folder_run, tmp_path):
     run, onnx_path, data = folder_run
     model = classifier.load(run.dir / "best.pt")
