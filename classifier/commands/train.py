@@ -8,6 +8,7 @@ import sys
 from classifier import api
 from classifier.commands import add_import_argument, cli_entry, import_user_modules
 from classifier.config import add_config_arguments, flag_values
+from classifier.errors import ClassifierError
 from classifier.models import list_models, model_entry
 
 
@@ -110,8 +111,6 @@ def main(argv=None):
     # the settings are resolved once, in the API (config.resolve): recipe < --config file < flags
     settings = flag_values(args)
     if args.label_issue_filter and not args.find_label_issues:
-        from classifier.errors import ClassifierError
-
         raise ClassifierError("--label-issue-filter goes with --find-label-issues")
     if args.find_lr is not None:
         return find_lr(args, argv)
