@@ -183,6 +183,8 @@ def test_registered_function_returning_nonsense(returned, message):
 def test_register_and_import_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(ClassifierError, match="built in"):
         classifier.register_dataset("cifar10")
+    with pytest.raises(ClassifierError, match="unknown augment preset 'flp'; did you mean flip"):
+        classifier.register_dataset("mine", augment="flp")
     with pytest.raises(ClassifierError, match="without ':'"):
         classifier.register_dataset("a:b")
     with pytest.raises(SystemExit) as code:

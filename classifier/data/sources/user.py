@@ -22,10 +22,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from classifier.data.augment import PRESETS
 from classifier.data.sources.arrays import arrays_dataset
 from classifier.data.sources.registry import (DEFAULT_AUGMENT, find_source, load_dataset, register_source, resolve,
                                              source_names)
-from classifier.errors import ClassifierError
+from classifier.errors import ClassifierError, unknown_choice
 
 
 def register_dataset(name: str, *, augment: str = DEFAULT_AUGMENT, description: str = "") -> Callable:
@@ -37,6 +38,8 @@ def register_dataset(name: str, *, augment: str = DEFAULT_AUGMENT, description: 
     taken = find_source(name)
     if taken is not None and not taken.user:
         raise ClassifierError(f"dataset name '{name}' is built in ({taken.spec}): register yours under another name")
+    if augment not in PRESETS:  # checked here rather than when a run first needs it
+        raise unknown_choice("augment preset", str(augment), PRESETS)
 
     def decorate(fn: Callable) -> Callable:
         if not callable(fn):
