@@ -148,6 +148,7 @@ def write_fold_oof(fold_dir: Path, arrays=None) -> Path:
     """fold-k/oof.csv: the probabilities fold k's best.pt gives the images it validated on (and never
     trained on), reloaded through the run's split.json."""
     predictor = Predictor.load(fold_dir / "best.pt")
+    predictor.set_trust(None, predictor.ood)  # uncalibrated: the fold's temperature was fitted on these images
     config = predictor.metadata.get("config") or {}
     found = run_splits(config, split_file=fold_dir / "split.json", dataset=arrays, download=False)
     val = found.splits["val"]
