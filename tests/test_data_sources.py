@@ -180,6 +180,13 @@ def test_registered_function_returning_nonsense(returned, message):
         load_dataset("selfish")
 
 
+def test_registered_functions_naming_each_other_are_a_loop_not_a_recursion_error():
+    classifier.register_dataset("ping")(lambda: "pong")
+    classifier.register_dataset("pong")(lambda: "ping")
+    with pytest.raises(ClassifierError, match=r"dataset 'ping' leads back to itself \(ping -> pong -> ping\)"):
+        load_dataset("ping")
+
+
 def test_register_and_import_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(ClassifierError, match="built in"):
         classifier.register_dataset("cifar10")

@@ -55,8 +55,23 @@ def register_dataset(name: str, *, augment: str = DEFAULT_AUGMENT, description: 
     return decorate
 
 
+_LOADING: list[str] = []  # the user datasets being loaded, outermost first: a chain that comes back is a loop
+
+
 def load_user_dataset(name: str, fn: Callable, root: Path, download: bool):
     """Call the user's function and load what it returned, as the dataset ``name``."""
+    if name in _LOADING:
+        chain = " -> ".join(_LOADING[_LOADING.index(name):] + [name])
+        raise ClassifierError(f"dataset '{name}' leads back to itself ({chain}): one of these functions must return "
+                              "images or a folder")
+    _LOADING.append(name)
+    try:
+        return _load_user_dataset(name, fn, root, download)
+    finally:
+        _LOADING.pop()
+
+
+def _load_user_dataset(name: str, fn: Callable, root: Path, download: bool):
     result = fn()
     if isinstance(result, (str, os.PathLike)):
         text = os.fspath(result)
