@@ -44,6 +44,7 @@ from classifier.metrics import compute_metrics
 
 FOLDS_FORMAT = "classifier-folds/1"
 DEFAULT_FOLDS = 5
+MULTILABEL_REFUSED = "out-of-fold summaries are for single-label data (multi-label: not yet)"
 # settings that may differ between calls continuing one cross-validation: hardware, logging, which fold
 FREE_KEYS = (RESUMABLE_KEYS - {"epochs"}) | {"fold", "folds", "name", "project", "exist_ok"}
 FIXED_COLUMNS = ("file", "given_label", "fold")
@@ -97,6 +98,8 @@ def cross_validate(config: str | Path | None = None, *, folds: int | None = None
     folds, fold = cfg.folds, None if fold is None else cfg.fold
     if fold is not None and fold > folds:
         raise ClassifierError(f"fold {fold} is out of range: folds are numbered 1 to {folds}")
+    if cfg.task == "multilabel" or (arrays is not None and arrays[0].multilabel):  # before any fold trains
+        raise ClassifierError(MULTILABEL_REFUSED)
     fixed = {k: v for k, v in given.items() if k not in FREE_KEYS}
     run_dir = cv_folder(cfg, folds, fixed)
     train_data = {"dataset": dataset, "class_names": class_names} if arrays else {}
@@ -153,7 +156,7 @@ def write_fold_oof(fold_dir: Path, arrays=None) -> Path:
     found = run_splits(config, split_file=fold_dir / "split.json", dataset=arrays, download=False)
     val = found.splits["val"]
     if val.multilabel:
-        raise ClassifierError("out-of-fold summaries are for single-label data (multi-label: not yet)")
+        raise ClassifierError(MULTILABEL_REFUSED)
     probs, labels, indices, skipped = run_predictions(predictor, val, progress=False)
     if skipped:
         print(f"fold {config.get('fold')}: {len(skipped)} unreadable validation image(s) left out of oof.csv")

@@ -144,3 +144,12 @@ def test_an_interrupted_cross_validation_resumes_at_the_next_fold(tmp_path):
     assert folder_hash(data) == before  # the user's folder is untouched
     other = classifier.cross_validate(**{**settings, "seed": 1, "name": "cv"}, fold=1)  # other settings:
     assert other.dir == tmp_path / "runs" / "cv2"  # a new folder, never mixed with the first
+
+
+def test_multilabel_cross_validation_is_refused_before_any_fold_trains(tmp_path):
+    images, _ = stripes(30)
+    matrix = np.eye(3, dtype=np.int64)[np.arange(30) % 3] | np.eye(3, dtype=np.int64)[(np.arange(30) + 1) % 3]
+    with pytest.raises(ClassifierError, match="single-label data"):
+        classifier.cross_validate(dataset=(images, matrix), class_names=["a", "b", "c"], folds=3,
+                                  project=str(tmp_path), name="cv", **FAST)
+    assert not list(tmp_path.rglob("best.pt"))
