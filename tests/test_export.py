@@ -61,6 +61,16 @@ def make_checkpoint(path, model_name, *, dataset, prep, classes, model=None):
     }, path)
 
 
+def colour_folder_run(root, *, per_class: int, seed: int):
+    """A briefly trained lenet5 checkpoint (32 px colour) on an image folder that export can reload."""
+    prep = Preprocessing(size=(32, 32), channels=3, mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    model = train_briefly(create_model("lenet5", num_classes=3, in_chans=3), prep)
+    data = write_class_images(root / "colours", per_class=per_class, size=32, seed=seed)
+    return make_checkpoint(root / "run" / "best.pt", "lenet5", dataset=f"folder:{data}", prep=prep,
+                           classes=CLASSES, model=model)
+
+
 @pytest.fixture(scope="module")
 def prep():
     return Preprocessing(size=(SIZE, SIZE), channels=3, mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))

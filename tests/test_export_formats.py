@@ -20,20 +20,13 @@ from classifier.export.formats import FORMATS, ExportFormat, ExportOptions, Row,
 from classifier.inference import Predictor
 from classifier.models import create_model
 from classifier.preprocess import Preprocessing, to_model_input
-from tests.conftest import write_class_images
-from tests.test_export import CLASSES, colour_images, make_checkpoint, train_briefly
+from tests.test_export import CLASSES, colour_folder_run, colour_images
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One tiny trained checkpoint on an image folder the export can reload (calibration, accuracy)."""
-    prep = Preprocessing(size=(32, 32), channels=3, mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
-    torch.manual_seed(0)
-    model = train_briefly(create_model("lenet5", num_classes=3, in_chans=3), prep)
-    root = tmp_path_factory.mktemp("formats_run")
-    data = write_class_images(root / "colours", per_class=10, size=32, seed=5)
-    return make_checkpoint(root / "run" / "best.pt", "lenet5", dataset=f"folder:{data}", prep=prep,
-                           classes=CLASSES, model=model)
+    return colour_folder_run(tmp_path_factory.mktemp("formats_run"), per_class=10, seed=5)
 
 
 @pytest.fixture(scope="module")

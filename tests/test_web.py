@@ -26,10 +26,8 @@ from classifier.data import load_dataset, load_image
 from classifier.errors import ClassifierError
 from classifier.export import read_metadata, web
 from classifier.inference import Predictor
-from classifier.models import create_model
-from classifier.preprocess import Preprocessing
-from tests.conftest import COLOURS, write_class_images
-from tests.test_export import CLASSES, make_checkpoint, train_briefly
+from tests.conftest import COLOURS
+from tests.test_export import CLASSES, colour_folder_run
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -52,13 +50,7 @@ def runtime_or_skip() -> Path:
 @pytest.fixture(scope="module")
 def flip_run(tmp_path_factory):
     """A colour run that evaluated with the test-time flip, on an image folder export.py can reload."""
-    prep = Preprocessing(size=(32, 32), channels=3, mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
-    torch.manual_seed(0)
-    model = train_briefly(create_model("lenet5", num_classes=3, in_chans=3), prep)
-    root = tmp_path_factory.mktemp("web_run")
-    data = write_class_images(root / "colours", per_class=12, size=32, seed=3)
-    ckpt = make_checkpoint(root / "run" / "best.pt", "lenet5", dataset=f"folder:{data}", prep=prep,
-                           classes=CLASSES, model=model)
+    ckpt = colour_folder_run(tmp_path_factory.mktemp("web_run"), per_class=12, seed=3)
     saved = torch.load(ckpt, weights_only=True)
     saved["config"]["tta_flip"] = True
     torch.save(saved, ckpt)
