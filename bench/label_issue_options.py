@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from label_noise import CLASSES, fashion, scores  # noqa: E402
 
+from classifier.label_issues import rank_label_issues  # noqa: E402
 from classifier.trust.calibrate import fit_temperature  # noqa: E402
 
 
@@ -85,6 +86,8 @@ def options(given: np.ndarray, probs: np.ndarray, planted_count: int, planted_pe
     for rule in ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
                  "low_normalized_margin", "low_self_confidence"):
         yield f"filter_by={rule}", cl(filter_by=rule)
+    yield "background (the default: low_self_confidence cut at the background count)", \
+        rank_label_issues(given, probs, "background")[0]
     for frac in (0.5, 0.6, 0.75):
         yield f"prune_by_noise_rate, frac_noise={frac}", cl(filter_by="prune_by_noise_rate", frac_noise=frac)
     confusion = np.zeros((probs.shape[1],) * 2)

@@ -71,3 +71,31 @@ def test_in_memory_thumbnails_match_file_thumbnails_and_flat_images_are_not_pair
     assert near_duplicate_pairs(flat, np.array(["a", "b"])) == []
     many = thumbnails(np.stack([gradient("across", rng) for _ in range(40)]))
     assert near_duplicate_pairs(many, np.array([str(i) for i in range(40)])) == []
+
+
+def smooth(rng, side: int = 32) -> np.ndarray:
+    """A random picture with detail at every scale down to a few pixels (uint8, side x side)."""
+    coarse = rng.uniform(0, 255, (8, 8)).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse).resize((side, side), Image.BICUBIC).convert("L"), dtype=np.uint8)
+
+
+def test_a_copy_further_than_a_crowd_of_look_alikes_is_paired_and_the_crowd_is_not():
+    from classifier.data import duplicates as dup
+
+    rng = np.random.default_rng(3)
+    base = smooth(rng).astype(np.float32)
+    # a crowd of different photos of one plain object: each the base with its own faint pattern
+    crowd = [np.clip(base + 0.05 * (smooth(rng).astype(np.float32) - 128), 0, 255).astype(np.uint8) for _ in range(8)]
+    others = [smooth(rng) for _ in range(30)]
+    original = smooth(rng)
+    copy = np.asarray(Image.fromarray(original).crop((2, 2, 30, 30)).resize((32, 32), Image.BICUBIC))
+    copy = np.clip(copy.astype(np.float32) + rng.normal(0, 12, copy.shape), 0, 255).astype(np.uint8)
+    thumbs = np.stack([thumbnail(im) for im in crowd + others + [original, copy]])
+    pairs = near_duplicate_pairs(thumbs, np.array([str(i) for i in range(len(thumbs))]))
+    n = len(thumbs)
+    plain = dup.descriptors(thumbs, 0.0)
+    crowd_distance = float((1 - plain[:8] @ plain[:8].T)[np.triu_indices(8, 1)].min())
+    copy_distance = {(a, b): d for a, b, d in pairs}.get((n - 2, n - 1))
+    assert copy_distance is not None and copy_distance > dup.SURE  # the copy is found ...
+    assert dup.SURE < crowd_distance < copy_distance  # ... though look-alikes in the crowd are closer
+    assert [(a, b) for a, b, _ in pairs] == [(n - 2, n - 1)]  # and no crowd pair is reported

@@ -35,22 +35,50 @@ def test_cleanlab_ranks_the_contradicted_labels_first():
         rank_label_issues(np.zeros(10, int), np.full((10, 2), 0.5))
 
 
-def test_the_default_rule_flags_cleanlabs_count_of_the_lowest_given_label_probabilities(capsys):
+def look_alike_probabilities(n: int = 2000, classes: int = 10, wrong: int = 200, seed: int = 2):
+    """(given labels, probabilities, positions of the wrong labels): a 92% accurate model whose confident
+    mistakes pair up look-alike classes (0/6, 2/4, 1/3, as Fashion-MNIST's Shirt/T-shirt), and ``wrong``
+    labels changed to another class uniformly (the label-noise benchmark's noise)."""
+    rng = np.random.default_rng(seed)
+    true = np.arange(n) % classes
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), true] += 5
+    alike = {0: 6, 6: 0, 2: 4, 4: 2, 1: 3, 3: 1}
+    for i in np.flatnonzero(rng.random(n) < 0.3):
+        if true[i] in alike:
+            logits[i, alike[true[i]]] += rng.uniform(3.5, 6.5)
+    probs = np.exp(logits)
+    probs /= probs.sum(1, keepdims=True)
+    given, planted = true.copy(), rng.choice(n, wrong, replace=False)
+    given[planted] = (true[planted] + rng.integers(1, classes, wrong)) % classes
+    return given, probs, planted
+
+
+def test_the_default_rule_cuts_cleanlabs_ranking_at_the_background_count(capsys):
     from cleanlab.count import num_label_issues
 
-    rng = np.random.default_rng(1)
-    labels = np.arange(600) % 4
-    probs = rng.dirichlet([1, 1, 1, 1], 600) * 0.5
-    probs[np.arange(600), labels] += 0.5
-    wrong = rng.choice(600, 60, replace=False)
-    probs[wrong] = np.roll(probs[wrong], 1 + rng.integers(0, 3), axis=1)
-    flagged, scores = rank_label_issues(labels, probs)  # the default: low_self_confidence
-    assert FILTERS[0] == "low_self_confidence"
-    assert len(flagged) == num_label_issues(labels, probs) and len(flagged) > 0
-    assert set(flagged.tolist()) == set(np.argsort(scores, kind="stable")[:len(flagged)].tolist())
+    from classifier.label_issues import background_count
+
+    given, probs, planted = look_alike_probabilities()
+    assert FILTERS[0] == "background"
+    cleanlab_count, count = num_label_issues(given, probs), background_count(given, probs)
+    assert cleanlab_count > 1.15 * len(planted)  # the look-alike mistakes counted as label errors (measured: 249)
+    assert abs(count - len(planted)) <= 0.1 * len(planted)  # (measured: 202 for 200)
+    flagged, scores = rank_label_issues(given, probs)
+    by_confidence, _ = rank_label_issues(given, probs, "low_self_confidence")
+    assert len(by_confidence) == cleanlab_count
+    assert flagged.tolist() == by_confidence[:count].tolist()  # cleanlab's ranking, cut at the lower count
     assert scores[flagged].max() <= np.delete(scores, flagged).min()  # nothing less likely left unflagged
-    by_noise_rate, _ = rank_label_issues(labels, probs, "prune_by_noise_rate")  # the other rules stay selectable
-    assert len(by_noise_rate) and set(by_noise_rate.tolist()) != set(flagged.tolist())
+    precision = np.isin(flagged, planted).mean()
+    assert precision > np.isin(by_confidence, planted).mean() + 0.1 and precision >= 0.85  # (measured: 0.92, 0.77)
+    assert np.isin(planted, flagged).mean() >= 0.85  # recall (measured: 0.93)
+
+    right = np.argmax(probs, 1)  # labels the model agrees with everywhere: almost nothing to flag
+    assert background_count(right, probs) <= 0.01 * len(right)
+    given[:] = np.arange(len(given)) % 10  # no wrong label: only the model's look-alike mistakes are left
+    assert background_count(given, probs) <= 0.02 * len(given)
+    by_noise_rate, _ = rank_label_issues(given, probs, "prune_by_noise_rate")  # the other rules stay selectable
+    assert len(by_noise_rate) > 0.04 * len(given)  # cleanlab's own counts take the look-alike mistakes
     for argv, message in ((["--find-label-issues", "--label-issue-filter", "nope"], "invalid label issue filter"),
                           (["--label-issue-filter", "both"], "goes with --find-label-issues")):
         with pytest.raises(SystemExit) as exit_info:  # checked before any training
@@ -62,13 +90,14 @@ def test_planted_label_errors_are_found_and_listed_with_both_labels(tmp_path):
     images, labels = stripes(150)
     given = labels.copy()
     planted = [7, 32, 58, 85, 110, 140]  # spread over the 3 folds
-    given[planted] = (labels[planted] + 1) % 3
+    given[planted] = (labels[planted] + np.array([1, 2, 2, 1, 1, 2])) % 3  # another class, either one
     issues = classifier.find_label_issues(dataset=(images, given), class_names=["a", "b", "c"], folds=3,
                                           project=str(tmp_path), name="issues",
                                           **{**FAST, "epochs": 8, "lr": 0.1, "augment": "none", "test_fraction": 0,
                                              "plots": True})
     found = {f"train[{i}]" for i in planted} & set(issues.files)
-    assert len(found) >= 4 and len(issues.files) - len(found) <= 2  # (measured: 5 of 6, nothing else)
+    assert len(found) >= 4 and len(issues.files) - len(found) <= 2  # (measured: 5 of 6, nothing else; with every
+    # wrong label in one direction (+1) the background count flags only 2: docs/data-quality.md)
     with open(issues.dir / "label_issues.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["file", "given_label", "suggested_label", "score"]

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="k-fold out-of-fold probabilities (--folds, default 5) and cleanlab: list the train+val "
                            "images whose label looks wrong in RUN/label_issues.csv (+ .png, .md); changes no file")
     data.add_argument("--label-issue-filter", metavar="RULE",
-                      help="with --find-label-issues: cleanlab's filter_by rule (default low_self_confidence; the "
-                           "others and how they compare: docs/data-quality.md)")
+                      help="with --find-label-issues: how many to flag (default background: cleanlab's ranking cut "
+                           "at the background count; or one of cleanlab's filter_by rules; how they compare: "
+                           "docs/data-quality.md)")
     add_import_argument(parser)
     add_config_arguments(parser)
     return parser

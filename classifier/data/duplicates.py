@@ -4,18 +4,24 @@ Every image the check reads leaves a 32x32 gray thumbnail (``thumbnail``, cached
 per-file results). From it, a descriptor per image and zoom: the thumbnail centre-cropped by each of
 ``ZOOMS`` (a fraction of the side cut from every edge), resized to ``SIDE`` x ``SIDE``, mean-centred and
 scaled to unit length, so the cosine distance ``1 - a.b`` between two descriptors is one minus the Pearson
-correlation of the two small pictures. Two images are near-duplicates when the distance between one's
-unzoomed descriptor and the other's descriptor at some zoom (either way round) is at most ``THRESHOLD``:
-the zooms undo a centred crop, the small gray thumbnails ignore size, colour and JPEG noise.
+correlation of the two small pictures. The distance of two images is the smallest between one's unzoomed
+descriptor and the other's at some zoom (either way round): the zooms undo a centred crop, the small gray
+thumbnails ignore size, colour and JPEG noise.
 
-Chosen by measurement on real Fashion-MNIST images (docs/data-quality.md: 2,500 training images, 200 of
-them copied resized x1.5-3 as JPEG, half also cropped by 1-2 pixels): a 64-bit perceptual hash (DCT) put
-the cropped copies further apart than a million distinct pairs, and so did a thumbnail compared without
-zooms; with the zooms, 12x12 descriptors and this threshold, 195 and 192 of 200 copies were found (two
-samples) with 3 and 0 other pairs, one of them a real duplicate in Fashion-MNIST. Pretrained-embedding
-descriptors were not measured (no pretrained weights offline here).
+Two images are near-duplicates when their distance is at most ``SURE``, or at most ``LOOSE`` and at most
+``RATIO`` times the geometric mean of the two images' distances to their ``RANK``-th nearest images. A fixed
+threshold alone cannot do it: a copy cropped by a few pixels can sit further from its original (0.0035) than
+two different photos of a plain, much-photographed object do from each other (two pairs of trousers:
+0.0015), but the trousers have many such neighbours and the copy has one. Chosen on real Fashion-MNIST
+images (docs/data-quality.md; ``python bench/label_noise.py --part methods|duplicates --seed S``: 2,500
+training images with 200 of them copied resized x1.5-3 as JPEG, half also cropped by 1-2 pixels, two samples;
+2,520 images with 20 test images copied into train, four samples): all 480 copies found, with 0-2 pairs of
+different images per sample. A fixed threshold found 192-195 of 200 with 0-3 such pairs; a 64-bit perceptual
+hash (DCT) put the cropped copies further apart than a million distinct pairs. Pretrained-embedding
+descriptors were not measured (no pretrained weights offline here). An image with more than ``RANK - 1``
+near-copies of itself relies on ``SURE`` for the rest.
 
-The search compares every image with every other (matrix products in blocks): about N^2 x 3,700 flops, a
+The search compares every image with every other (matrix products in blocks): about N^2 x 7,500 flops, a
 few seconds for a few thousand images; above ``MAX_IMAGES`` it is skipped with a note. Outliers use the same
 descriptors: an image whose ``NEIGHBOURS`` most similar training images are all far (its mean distance to
 them well above what training images have: ``OUTLIER_SPREAD`` robust deviations over the median) is far
@@ -31,7 +37,11 @@ from PIL import Image
 THUMB = 32  # side of the cached gray thumbnail
 SIDE = 12  # side of the compared descriptor
 ZOOMS = tuple(k / 100 for k in range(13))  # centred crops tried (fraction of the side cut from each edge)
-THRESHOLD = 0.002  # cosine distance (1 - correlation) at most this: near-duplicates
+SURE = 0.0005  # cosine distance (1 - correlation) at most this: near-duplicates whatever their neighbours
+LOOSE = 0.008  # at most this, and RATIO x the two images' distances to their RANK-th nearest images (their
+# geometric mean): near-duplicates
+RATIO = 0.15
+RANK = 4  # (the 4th nearest: the 3rd after the near-copy itself)
 MAX_IMAGES = 10_000  # above this the pairwise search is skipped (its cost grows with N^2)
 NEIGHBOURS = 5
 OUTLIER_SPREAD = 8.0  # robust standard deviations (1.4826 MAD) above the median kNN distance
@@ -71,28 +81,34 @@ def descriptors(thumbs: np.ndarray, zoom: float) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
-def near_duplicate_pairs(thumbs: np.ndarray, digests: np.ndarray, threshold: float = THRESHOLD) -> list[tuple]:
-    """(i, j, distance) for i < j whose descriptors match at some zoom, closest first; pairs of identical
-    files (one content hash: the exact-duplicate report has them) and flat images (no picture) left out."""
+def near_duplicate_pairs(thumbs: np.ndarray, digests: np.ndarray) -> list[tuple]:
+    """(i, j, distance) for i < j that are near-duplicates (the module's rule), closest first; pairs of
+    identical files (one content hash: the exact-duplicate report has them) and flat images (no picture)
+    left out."""
     n = len(thumbs)
     if n < 2:
         return []
     plain = descriptors(thumbs, 0.0)
     flat = thumbs.reshape(n, -1).std(1) < 1.0
     zoomed = [descriptors(thumbs, z) for z in ZOOMS]
-    best: dict = {}
+    rank = min(RANK, n - 1)
+    near = torch.empty(n)  # each image's distance to its RANK-th nearest image
+    candidates: dict = {}
     for start in range(0, n, _BLOCK):
-        rows = plain[start:start + _BLOCK]
-        dist = 1 - rows @ zoomed[0].T  # this block against every image, at every zoom
-        for z in zoomed[1:]:
-            dist = torch.minimum(dist, 1 - rows @ z.T)
-        i, j = torch.nonzero(dist <= threshold, as_tuple=True)
+        rows = slice(start, start + _BLOCK)
+        dist = torch.full((len(plain[rows]), n), float("inf"))
+        for z in zoomed:  # this block against every image, at every zoom, either way round
+            dist = torch.minimum(dist, 1 - plain[rows] @ z.T)
+            dist = torch.minimum(dist, 1 - z[rows] @ plain.T)
+        dist[torch.arange(len(dist)), torch.arange(start, start + len(dist))] = float("inf")  # itself
+        near[rows] = torch.topk(dist, rank, dim=1, largest=False).values[:, -1]
+        i, j = torch.nonzero(dist <= LOOSE, as_tuple=True)
         for a, b, d in zip((i + start).tolist(), j.tolist(), dist[i, j].tolist()):
-            if a != b:
-                key = (min(a, b), max(a, b))
-                best[key] = min(best.get(key, d), d)
-    pairs = [(a, b, max(d, 0.0)) for (a, b), d in best.items()
-             if not flat[a] and not flat[b] and digests[a] != digests[b]]
+            key = (min(a, b), max(a, b))
+            candidates[key] = min(candidates.get(key, d), d)
+    pairs = [(a, b, max(d, 0.0)) for (a, b), d in candidates.items()
+             if (d <= SURE or d <= RATIO * (near[a].item() * near[b].item()) ** 0.5)
+             and not flat[a] and not flat[b] and digests[a] != digests[b]]
     return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
 
 
