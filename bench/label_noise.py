@@ -143,6 +143,14 @@ def planted_copy(image: np.ndarray, rng) -> Image.Image:
     return im.resize((side, side), Image.BICUBIC), int(rng.integers(75, 96))
 
 
+SAME_PHOTO = 4  # mean absolute pixel difference (of 255) under which two Fashion-MNIST images are one photo
+
+
+def one_photo(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two Fashion-MNIST images that are one photo: a duplicate in the data set itself, not a false pair."""
+    return float(np.abs(a.astype(int) - b.astype(int)).mean()) < SAME_PHOTO
+
+
 def duplicates_part(args, work: Path) -> None:
     train, train_labels, taken = fashion(args.images // 10, args.seed)
     test, test_labels, _ = fashion(50, args.seed + 7, exclude=taken)
@@ -170,11 +178,11 @@ def duplicates_part(args, work: Path) -> None:
 
     def pixels(name: str):  # an original Fashion-MNIST image (None for a planted copy)
         match = re.fullmatch(r"(train|test)/[^/]+/(?:train|test)(\d+)\.png", name)
-        return arrays[match.group(1)][int(match.group(2))].astype(int) if match else None
+        return arrays[match.group(1)][int(match.group(2))] if match else None
 
     def same_photo(pair) -> bool:  # two Fashion-MNIST images that are one photo (a duplicate in the data set)
         a, b = pixels(pair["a"]["file"]), pixels(pair["b"]["file"])
-        return a is not None and b is not None and float(np.abs(a - b).mean()) < SAME_PHOTO
+        return a is not None and b is not None and one_photo(a, b)
 
     real = [p for p in false if same_photo(p)]
     print(f"near-duplicates: planted copies found {found} of {len(planted)}; other pairs reported {len(false)} "
@@ -184,9 +192,6 @@ def duplicates_part(args, work: Path) -> None:
     for p in false[:10]:
         print(f"  other pair: {p['a']['file']} ~ {p['b']['file']} (distance {p['distance']})"
               + (": one photo in Fashion-MNIST" if same_photo(p) else ""))
-
-
-SAME_PHOTO = 4  # mean absolute pixel difference (of 255) under which two Fashion-MNIST images are one photo
 
 
 def methods_part(args, work: Path) -> None:
@@ -238,7 +243,7 @@ def methods_part(args, work: Path) -> None:
     pairs = dup.near_duplicate_pairs(every, np.array([str(i) for i in range(len(every))]))
     planted = {(int(o), len(thumbs) + k) for k, o in enumerate(originals)}
     same = [(a, b) for a, b, _ in pairs if (a, b) not in planted and b < len(train)
-            and np.abs(train[a].astype(int) - train[b]).mean() < SAME_PHOTO]
+            and one_photo(train[a], train[b])]
     print(f"the check's rule (distance <= {dup.SURE:g}, or <= {dup.LOOSE:g} and <= {dup.RATIO:g} x the distances to "
           f"the {dup.RANK}th nearest images): copies found {sum(p[:2] in planted for p in pairs)} of {len(copies)}, "
           f"other pairs {sum(p[:2] not in planted for p in pairs)}, of them one photo twice in Fashion-MNIST "

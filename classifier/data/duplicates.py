@@ -95,19 +95,20 @@ def near_duplicate_pairs(thumbs: np.ndarray, digests: np.ndarray) -> list[tuple]
     near = torch.empty(n)  # each image's distance to its RANK-th nearest image
     candidates: dict = {}
     for start in range(0, n, _BLOCK):
-        rows = slice(start, start + _BLOCK)
-        dist = torch.full((len(plain[rows]), n), float("inf"))
+        rows = slice(start, min(start + _BLOCK, n))
+        dist = torch.full((rows.stop - start, n), float("inf"))
         for z in zoomed:  # this block against every image, at every zoom, either way round
             dist = torch.minimum(dist, 1 - plain[rows] @ z.T)
             dist = torch.minimum(dist, 1 - z[rows] @ plain.T)
-        dist[torch.arange(len(dist)), torch.arange(start, start + len(dist))] = float("inf")  # itself
+        dist[torch.arange(len(dist)), torch.arange(start, rows.stop)] = float("inf")  # itself
         near[rows] = torch.topk(dist, rank, dim=1, largest=False).values[:, -1]
         i, j = torch.nonzero(dist <= LOOSE, as_tuple=True)
         for a, b, d in zip((i + start).tolist(), j.tolist(), dist[i, j].tolist()):
             key = (min(a, b), max(a, b))
             candidates[key] = min(candidates.get(key, d), d)
+    near = near.tolist()
     pairs = [(a, b, max(d, 0.0)) for (a, b), d in candidates.items()
-             if (d <= SURE or d <= RATIO * (near[a].item() * near[b].item()) ** 0.5)
+             if (d <= SURE or d <= RATIO * (near[a] * near[b]) ** 0.5)
              and not flat[a] and not flat[b] and digests[a] != digests[b]]
     return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
 
