@@ -16,9 +16,17 @@ folder RUN (``runs/MODEL-DATASET-cv`` unless ``name`` says otherwise) holds:
 * ``fold-<k>/``: fold k's run, plus ``oof.csv``: the probabilities its best.pt gives its validation
   images, which that model never trained on.
 * ``oof.csv``: every train+val image once: file, given_label, fold, one probability column per class.
-* ``summary.json``: ``cv_val_<metric>_mean`` and ``_std`` (sample standard deviation over the folds) for
-  accuracy, loss (cross-entropy of the out-of-fold probabilities), macro/weighted precision, recall and
-  F1, top-5 accuracy and ECE, and ``per_fold``: each fold's figures.
+  Multi-label data: ``given_labels`` (the label set, class names separated by spaces, as in a CSV label
+  file) instead of given_label, and per-class sigmoid probabilities.
+* ``summary.json``: ``task``, ``cv_val_<metric>_mean`` and ``_std`` (sample standard deviation over the
+  folds) for the task's figures (``Task.fold_figure_names`` in tasks.py): single-label accuracy, loss
+  (cross-entropy of the out-of-fold probabilities), macro/weighted precision, recall and F1, top-5 accuracy
+  and ECE; multi-label mAP, loss (binary cross-entropy), macro/micro F1, macro precision and recall,
+  subset accuracy and Hamming loss (decided at 0.5: a fold's fitted thresholds were fitted on the images
+  it is scored on); and ``per_fold``: each fold's figures.
+
+Multi-label folds are cut by iterative stratification (data/folds.py), so every label keeps its share in
+each fold.
 """
 from __future__ import annotations
 
@@ -40,23 +48,22 @@ from classifier.evaluation import run_predictions
 from classifier.fileio import atomic_write_text, make_output_dir
 from classifier.inference import Predictor
 from classifier.inputs import in_memory_dataset
-from classifier.metrics import compute_metrics
+from classifier.tasks import TASKS, Task
 
 FOLDS_FORMAT = "classifier-folds/1"
 DEFAULT_FOLDS = 5
-MULTILABEL_REFUSED = "out-of-fold summaries are for single-label data (multi-label: not yet)"
 # settings that may differ between calls continuing one cross-validation: hardware, logging, which fold
 FREE_KEYS = (RESUMABLE_KEYS - {"epochs"}) | {"fold", "folds", "name", "project", "exist_ok"}
-FIXED_COLUMNS = ("file", "given_label", "fold")
-METRICS = ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
-           "weighted_recall", "weighted_f1", "top5_accuracy", "ece")  # summary.json: cv_val_<metric>_mean/_std
+LABEL_COLUMNS = {task.label_column: task for task in TASKS.values()}  # oof.csv's 2nd column -> the task
+RESERVED = ("file", "fold", *LABEL_COLUMNS)  # a class of one of these names: its column is prob_<name>
 
 
 @dataclass(repr=False)
 class CrossValResult:
     """A cross-validation: ``dir``, ``summary`` (summary.json; empty until every fold is done), the
-    out-of-fold ``files``, ``labels`` (class indices), ``probs`` (N x classes) and ``fold_of`` (1-based)
-    of the folds done so far, ``classes``, ``folds`` (K) and ``folds_done``."""
+    out-of-fold ``files``, ``labels`` (class indices; multi-label: a 0/1 matrix), ``probs`` (N x classes)
+    and ``fold_of`` (1-based) of the folds done so far, ``classes``, ``folds`` (K), ``folds_done`` and
+    ``task`` (tasks.py: "multiclass" or "multilabel")."""
 
     dir: Path
     summary: dict
@@ -69,14 +76,16 @@ class CrossValResult:
     folds_done: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # what each fold was trained with (plus folds/fold)
     arrays: object = field(default=None)  # (DatasetInfo, official splits) of an in-memory dataset
+    task: str = "multiclass"
 
     @property
     def complete(self) -> bool:
         return len(self.folds_done) == self.folds
 
     def __repr__(self) -> str:
-        acc = self.summary.get("cv_val_accuracy_mean")
-        figure = f", val_accuracy={acc:.4f}±{self.summary['cv_val_accuracy_std']:.4f}" if acc is not None else ""
+        name = TASKS[self.task].headline
+        value = self.summary.get(f"cv_val_{name}_mean")
+        figure = f", val_{name}={value:.4f}±{self.summary[f'cv_val_{name}_std']:.4f}" if value is not None else ""
         return f"CrossValResult(dir='{self.dir}', folds={len(self.folds_done)}/{self.folds}{figure})"
 
 
@@ -98,8 +107,6 @@ def cross_validate(config: str | Path | None = None, *, folds: int | None = None
     folds, fold = cfg.folds, None if fold is None else cfg.fold
     if fold is not None and fold > folds:
         raise ClassifierError(f"fold {fold} is out of range: folds are numbered 1 to {folds}")
-    if cfg.task == "multilabel" or (arrays is not None and arrays[0].multilabel):  # before any fold trains
-        raise ClassifierError(MULTILABEL_REFUSED)
     fixed = {k: v for k, v in given.items() if k not in FREE_KEYS}
     run_dir = cv_folder(cfg, folds, fixed)
     train_data = {"dataset": dataset, "class_names": class_names} if arrays else {}
@@ -155,28 +162,30 @@ def write_fold_oof(fold_dir: Path, arrays=None) -> Path:
     config = predictor.metadata.get("config") or {}
     found = run_splits(config, split_file=fold_dir / "split.json", dataset=arrays, download=False)
     val = found.splits["val"]
-    if val.multilabel:
-        raise ClassifierError(MULTILABEL_REFUSED)
     probs, labels, indices, skipped = run_predictions(predictor, val, progress=False)
     if skipped:
         print(f"fold {config.get('fold')}: {len(skipped)} unreadable validation image(s) left out of oof.csv")
     ids = sample_ids(val)
-    rows = [(ids[i], int(y), int(config["fold"]), p) for i, y, p in zip(indices, labels, probs)]
-    return write_oof_csv(fold_dir / "oof.csv", rows, found.classes)
+    rows = [(ids[i], y, int(config["fold"]), p) for i, y, p in zip(indices, labels, probs)]
+    return write_oof_csv(fold_dir / "oof.csv", rows, found.classes, predictor.task)
 
 
-def write_oof_csv(path: Path, rows: list, classes: list) -> Path:
-    """Rows (file, label index, fold, probabilities) as CSV: file, given_label, fold, a column per class."""
-    header = list(FIXED_COLUMNS) + prob_columns(classes)
-    lines = [header] + [[f, classes[y], k] + [f"{v:.6g}" for v in p] for f, y, k, p in rows]
-    text = csv_text(lines)
-    atomic_write_text(path, text, "out-of-fold predictions")
+def write_oof_csv(path: Path, rows: list, classes: list, task: Task) -> Path:
+    """Rows (file, label, fold, probabilities) as CSV: file, the task's label column (the class name, or the
+    label set), fold, a probability column per class."""
+    header = fixed_columns(task) + prob_columns(classes)
+    lines = [header] + [[f, task.label_text(y, classes), k] + [f"{v:.6g}" for v in p] for f, y, k, p in rows]
+    atomic_write_text(path, csv_text(lines), "out-of-fold predictions")
     return path
+
+
+def fixed_columns(task: Task) -> list[str]:
+    return ["file", task.label_column, "fold"]
 
 
 def prob_columns(classes: list) -> list[str]:
     """A probability column per class, named by the class (prefixed ``prob_`` if a name is a fixed column)."""
-    clash = any(c in FIXED_COLUMNS for c in classes)
+    clash = any(c in RESERVED for c in classes)
     return [f"prob_{c}" if clash else str(c) for c in classes]
 
 
@@ -186,43 +195,31 @@ def csv_text(lines: list[list]) -> str:
     return out.getvalue()
 
 
-def read_oof_csv(path: Path, classes: list) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-    """(files, label indices, folds, probabilities) from an oof.csv."""
+def read_oof_csv(path: Path, classes: list, task: Task) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """(files, labels (indices, or a 0/1 matrix), folds, probabilities) from an oof.csv."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
-    if header != list(FIXED_COLUMNS) + prob_columns(classes):
-        raise ClassifierError(f"{path} does not hold out-of-fold probabilities for classes {classes}")
-    index = {c: i for i, c in enumerate(classes)}
+    if header != fixed_columns(task) + prob_columns(classes):
+        raise ClassifierError(f"{path} does not hold {task.name} out-of-fold probabilities for classes {classes}")
     files = [r[0] for r in body]
-    labels = np.array([index[r[1]] for r in body], dtype=np.int64)
+    labels = task.parse_labels([r[1] for r in body], classes)
     fold_of = np.array([int(r[2]) for r in body], dtype=np.int64)
     probs = np.array([[float(v) for v in r[3:]] for r in body], dtype=np.float64).reshape(len(body), len(classes))
     return files, labels, fold_of, probs
-
-
-def fold_metrics(labels: np.ndarray, probs: np.ndarray, classes: list) -> dict:
-    """A fold's validation figures (METRICS) from its out-of-fold probabilities."""
-    m = compute_metrics(labels, probs, classes)
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
-    top5 = m["topk_accuracy"].get("5", 1.0 if len(classes) <= 5 else None)
-    return {"accuracy": m["accuracy"], "loss": loss, "macro_precision": m["macro_precision"],
-            "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"],
-            "weighted_precision": m["weighted_precision"], "weighted_recall": m["weighted_recall"],
-            "weighted_f1": m["weighted_f1"], "top5_accuracy": top5, "ece": m["ece"]}
 
 
 def collect(run_dir: Path, folds: int, settings: dict, arrays=None) -> CrossValResult:
     """The folds done so far; with every fold done, RUN/oof.csv and RUN/summary.json written."""
     done = [k for k in range(1, folds + 1) if (run_dir / f"fold-{k}" / "oof.csv").is_file()
             and (run_dir / f"fold-{k}" / "summary.json").is_file()]
-    classes = _classes_of(run_dir, done)
-    parts = [read_oof_csv(run_dir / f"fold-{k}" / "oof.csv", classes) for k in done]
+    task, classes = _task_and_classes(run_dir, done)
+    parts = [read_oof_csv(run_dir / f"fold-{k}" / "oof.csv", classes, task) for k in done]
     files = [f for p in parts for f in p[0]]
     labels, fold_of, probs = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
                               for i in (1, 2, 3))
     result = CrossValResult(run_dir, {}, files, labels.astype(np.int64), probs.reshape(len(files), len(classes)),
-                            fold_of.astype(np.int64), classes, folds, done, settings, arrays)
+                            fold_of.astype(np.int64), classes, folds, done, settings, arrays, task.name)
     if len(done) < folds:
         print(f"folds done: {', '.join(map(str, done)) or 'none'} of {folds}; the same command without --fold "
               f"runs the others ({run_dir})", flush=True)
@@ -230,23 +227,25 @@ def collect(run_dir: Path, folds: int, settings: dict, arrays=None) -> CrossValR
     if len(set(files)) != len(files):
         raise ClassifierError(f"{run_dir}: an image is in the validation split of two folds: the fold "
                               "folders come from different cross-validations")
-    write_oof_csv(run_dir / "oof.csv", list(zip(files, labels.tolist(), fold_of.tolist(), probs)), classes)
-    result.summary = summarise(run_dir, parts, classes)
+    write_oof_csv(run_dir / "oof.csv", list(zip(files, labels, fold_of.tolist(), probs)), classes, task)
+    result.summary = summarise(run_dir, parts, classes, task)
     atomic_write_text(run_dir / "summary.json", json.dumps(result.summary, indent=2), "cross-validation summary")
-    acc, spread = result.summary["cv_val_accuracy_mean"], result.summary["cv_val_accuracy_std"]
-    print(f"cross-validation, {folds} folds: val accuracy {acc:.2%} ± {spread:.2%} (mean ± std over folds); "
+    name = task.headline
+    value, spread = result.summary.get(f"cv_val_{name}_mean"), result.summary.get(f"cv_val_{name}_std")
+    shown = f"{value:.2%} ± {spread:.2%}" if value is not None else "undefined"
+    print(f"cross-validation, {folds} folds: val {name} {shown} (mean ± std over folds); "
           f"out-of-fold predictions of {len(files)} images: {run_dir / 'oof.csv'}", flush=True)
     return result
 
 
-def summarise(run_dir: Path, parts: list, classes: list) -> dict:
+def summarise(run_dir: Path, parts: list, classes: list, task: Task) -> dict:
     per_fold = []
     for k, (_, labels, _, probs) in enumerate(parts, 1):
         run = json.loads((run_dir / f"fold-{k}" / "summary.json").read_text())
         per_fold.append({"fold": k, "images": len(labels), "best_epoch": run.get("best_epoch"),
-                         **{f"val_{name}": v for name, v in fold_metrics(labels, probs, classes).items()}})
-    summary = {"folds": len(parts), "images": sum(len(p[1]) for p in parts), "classes": classes}
-    for name in METRICS:
+                         **{f"val_{name}": v for name, v in task.fold_figures(labels, probs, classes).items()}})
+    summary = {"task": task.name, "folds": len(parts), "images": sum(len(p[1]) for p in parts), "classes": classes}
+    for name in task.fold_figure_names:
         values = [f[f"val_{name}"] for f in per_fold if f[f"val_{name}"] is not None]
         if values:
             summary[f"cv_val_{name}_mean"] = float(np.mean(values))
@@ -255,12 +254,19 @@ def summarise(run_dir: Path, parts: list, classes: list) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
 
 
-def _classes_of(run_dir: Path, done: list) -> list:
-    """The classes, from the probability columns of the first finished fold's oof.csv."""
+def _task_and_classes(run_dir: Path, done: list) -> tuple[Task, list]:
+    """The task (by the label column) and the classes (the probability columns) of the first finished
+    fold's oof.csv."""
     if not done:
-        return []
-    with open(run_dir / f"fold-{done[0]}" / "oof.csv", newline="") as f:
-        columns = next(csv.reader(f))[len(FIXED_COLUMNS):]
-    if all(c.startswith("prob_") for c in columns) and any(c[5:] in FIXED_COLUMNS for c in columns):
+        return TASKS["multiclass"], []
+    path = run_dir / f"fold-{done[0]}" / "oof.csv"
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    task = LABEL_COLUMNS.get(header[1] if len(header) > 1 else None)
+    if task is None:
+        raise ClassifierError(f"{path} is not an out-of-fold file (its second column is none of "
+                              f"{', '.join(LABEL_COLUMNS)})")
+    columns = header[3:]
+    if all(c.startswith("prob_") for c in columns) and any(c[5:] in RESERVED for c in columns):
         columns = [c[5:] for c in columns]
-    return columns
+    return task, columns

@@ -57,6 +57,11 @@ class Task:
     activation = "softmax"  # what clients apply to the logits (ONNX metadata, web page)
     selection = "lower validation loss"  # what picks best.pt (and what early stopping waits for)
     validates_on_probabilities = False  # validation keeps every probability (for mAP and thresholds)
+    label_column = "given_label"  # oof.csv's column of the labels (the class name)
+    headline = "accuracy"  # the figure one-line summaries print (cross-validation)
+    # cross-validation: each fold's figures from its out-of-fold probabilities (summary.json cv_val_<name>_mean/_std)
+    fold_figure_names = ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
+                         "weighted_recall", "weighted_f1", "top5_accuracy", "ece")
 
     # --- probabilities
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -102,12 +107,43 @@ class Task:
     def metrics(self, y_true, probs, classes, thresholds=None) -> dict:
         return {"task": self.name, **compute_metrics(y_true, probs, classes)}
 
+    # --- labels as text (oof.csv, label_issues.csv) and the figures of a cross-validation fold
+    def label_text(self, y, classes) -> str:
+        """A label as text: ``y`` a class index, or a 0/1 row (``decide``'s) with the class marked."""
+        return str(classes[int(y) if np.ndim(y) == 0 else int(np.argmax(y))])
+
+    def parse_labels(self, texts: list[str], classes: list) -> np.ndarray:
+        """Labels written by ``label_text`` back to class indices; a name that is no class is an error."""
+        index = {str(c): i for i, c in enumerate(classes)}
+        unknown = sorted({t for t in texts if t not in index})
+        if unknown:
+            raise ClassifierError(f"label(s) {unknown[:5]} are not among the classes {list(classes)}")
+        return np.array([index[t] for t in texts], dtype=np.int64)
+
+    def probability_loss(self, y, probs) -> float:
+        """The training loss of these probabilities (cross-entropy), averaged over the images."""
+        y, probs = np.asarray(y, np.int64), np.asarray(probs, np.float64)
+        return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+
+    def fold_figures(self, y, probs, classes) -> dict:
+        """``fold_figure_names`` of one fold's validation images, from their out-of-fold probabilities."""
+        m = compute_metrics(y, probs, classes)
+        m["top5_accuracy"] = m["topk_accuracy"].get("5", 1.0 if len(classes) <= 5 else None)
+        m["loss"] = self.probability_loss(y, probs)
+        return {name: m[name] for name in self.fold_figure_names}
+
 
 class MultilabelTask(Task):
     name = "multilabel"
     activation = "sigmoid"
     selection = "higher validation mAP"
     validates_on_probabilities = True
+    label_column = "given_labels"  # the label set: class names separated by spaces (as in CSV label files)
+    headline = "mAP"
+    # macro/micro F1 and the rest at DEFAULT_THRESHOLD: each fold's fitted thresholds were fitted on the very
+    # images its out-of-fold probabilities are for, which would flatter them
+    fold_figure_names = ("mAP", "loss", "macro_f1", "micro_f1", "macro_precision", "macro_recall",
+                         "subset_accuracy", "hamming_loss")
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return sigmoid(logits)
@@ -153,6 +189,26 @@ class MultilabelTask(Task):
     def metrics(self, y_true, probs, classes, thresholds=None) -> dict:
         return multilabel_metrics(y_true, probs, classes, thresholds)
 
+    def label_text(self, y, classes) -> str:
+        return " ".join(str(classes[c]) for c in np.flatnonzero(y))
+
+    def parse_labels(self, texts: list[str], classes: list) -> np.ndarray:
+        """Label sets written by ``label_text`` back to a 0/1 matrix (class names may hold spaces)."""
+        out = np.zeros((len(texts), len(classes)), np.int64)
+        for i, text in enumerate(texts):
+            out[i, split_label_set(text, classes)] = 1
+        return out
+
+    def probability_loss(self, y, probs) -> float:
+        """Binary cross-entropy summed over the classes (as the training loss), averaged over the images."""
+        y, probs = np.asarray(y, np.float64), np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)
+        return float(-np.mean(np.sum(y * np.log(probs) + (1 - y) * np.log(1 - probs), axis=1)))
+
+    def fold_figures(self, y, probs, classes) -> dict:
+        m = multilabel_metrics(y, probs, classes)
+        m.update(loss=self.probability_loss(y, probs), macro_precision=m["CP"], macro_recall=m["CR"])
+        return {name: m[name] for name in self.fold_figure_names}
+
 
 TASKS = {"multiclass": Task(), "multilabel": MultilabelTask()}
 
@@ -176,6 +232,29 @@ def resolve_task(setting: str | None, labels) -> str:
         raise ClassifierError("--task multiclass needs exactly one label per image, and some images have none or "
                               "several: use --task multilabel (or auto)")
     return get_task(setting).name
+
+
+def split_label_set(text: str, classes: list) -> list[int]:
+    """Class indices of a space-separated label set. Class names may hold spaces: the words are split into
+    whole names, longest first, backing off when the rest cannot be split; words that no split covers are
+    an error."""
+    names = {str(c): i for i, c in enumerate(classes)}
+    words = text.split()
+
+    def split(start: int) -> list[int] | None:
+        if start == len(words):
+            return []
+        for end in range(len(words), start, -1):
+            name = " ".join(words[start:end])
+            rest = split(end) if name in names else None
+            if rest is not None:
+                return [names[name], *rest]
+        return None
+
+    found = split(0)
+    if found is None:
+        raise ClassifierError(f"label set '{text}' is not made of the classes {list(classes)}")
+    return found
 
 
 def to_multilabel(labels, num_classes: int) -> np.ndarray:

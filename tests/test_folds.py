@@ -146,10 +146,60 @@ def test_an_interrupted_cross_validation_resumes_at_the_next_fold(tmp_path):
     assert other.dir == tmp_path / "runs" / "cv2"  # a new folder, never mixed with the first
 
 
-def test_multilabel_cross_validation_is_refused_before_any_fold_trains(tmp_path):
-    images, _ = stripes(30)
-    matrix = np.eye(3, dtype=np.int64)[np.arange(30) % 3] | np.eye(3, dtype=np.int64)[(np.arange(30) + 1) % 3]
-    with pytest.raises(ClassifierError, match="single-label data"):
-        classifier.cross_validate(dataset=(images, matrix), class_names=["a", "b", "c"], folds=3,
-                                  project=str(tmp_path), name="cv", **FAST)
-    assert not list(tmp_path.rglob("best.pt"))
+def test_multilabel_cross_validation_writes_label_sets_and_map_from_models_that_did_not_see_the_image(tmp_path):
+    from classifier.data.images import load_image
+    from classifier.tasks import mean_average_precision
+    from tests.test_multilabel import ML_CLASSES, write_multilabel_csv
+
+    labels_csv = write_multilabel_csv(tmp_path / "data", n=60)
+    before = folder_hash(tmp_path / "data")
+    settings = dict(dataset=f"csv:{labels_csv}", folds=3, project=str(tmp_path / "runs"), name="cv",
+                    **{**FAST, "optimizer": "adam", "lr": 0.01})
+    first = classifier.cross_validate(fold=1, **settings)  # one fold alone, as on another machine
+    assert first.folds_done == [1] and first.task == "multilabel" and first.labels.ndim == 2 and not first.summary
+    started = []
+    cv = classifier.cross_validate(callbacks={"on_train_start": [lambda run: started.append(run.dir.name)]},
+                                   **settings)
+    assert started == ["fold-2", "fold-3"] and cv.complete and cv.task == "multilabel"
+    rows = read_csv(cv.dir / "oof.csv")
+    assert list(rows[0]) == ["file", "given_labels", "fold", *ML_CLASSES]
+    truth = {r["filename"]: set(r["labels"].split()) for r in read_csv(labels_csv)}
+    assert len({r["file"] for r in rows}) == len(rows) == 48  # train+val once each (20% carved as test)
+    assert all(set(r["given_labels"].split()) == truth[r["file"]] for r in rows)
+    assert np.array_equal(cv.labels, [[c in truth[f] for c in ML_CLASSES] for f in cv.files])
+    summary = json.loads((cv.dir / "summary.json").read_text())
+    assert summary["task"] == "multilabel" and "cv_val_accuracy_mean" not in summary
+    for k in (1, 2, 3):
+        fold_dir = cv.dir / f"fold-{k}"
+        found = run_splits(Predictor.load(fold_dir / "best.pt").metadata["config"], split_file=fold_dir / "split.json")
+        mine = [r for r in rows if r["fold"] == str(k)]
+        assert mine and not {r["file"] for r in mine} & set(sample_ids(found.splits["train"]))
+        assert {r["file"] for r in mine} == set(sample_ids(found.splits["val"]))
+        predictor = Predictor.load(fold_dir / "best.pt")  # fold k's own model gives the numbers
+        predictor.set_trust(None, predictor.ood)
+        probs = predictor.predict([load_image(labels_csv.parent / r["file"], 3) for r in mine])
+        assert np.allclose(probs, [[float(r[c]) for c in ML_CLASSES] for r in mine], atol=1e-5)
+        assert not np.allclose(probs.sum(1), 1, atol=1e-3)  # per-class sigmoids, not a softmax
+        given = np.array([[c in truth[r["file"]] for c in ML_CLASSES] for r in mine], dtype=int)
+        assert summary["per_fold"][k - 1]["val_mAP"] == pytest.approx(mean_average_precision(given, probs), abs=1e-4)
+    maps = [f["val_mAP"] for f in summary["per_fold"]]
+    assert summary["cv_val_mAP_mean"] == pytest.approx(np.mean(maps))
+    assert summary["cv_val_mAP_std"] == pytest.approx(np.std(maps, ddof=1))
+    assert {"cv_val_macro_f1_mean", "cv_val_loss_std", "cv_val_hamming_loss_mean"} <= set(summary)
+    assert folder_hash(tmp_path / "data") == before  # the user's folder and CSV are untouched
+
+
+
+def test_label_sets_survive_the_oof_text_with_spaces_in_class_names():
+    from classifier.tasks import get_task
+
+    task, classes = get_task("multilabel"), ["a", "a b", "b c", "old car", "red"]
+    y = np.array([[1, 0, 1, 0, 0], [0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    texts = [task.label_text(row, classes) for row in y]
+    assert texts[:3] == ["a b c", "a b old car red", ""]  # "a b c": "a b" + "c" would not split; "a" + "b c" does
+    assert np.array_equal(task.parse_labels(texts, classes), y)
+    with pytest.raises(ClassifierError, match="not made of the classes"):
+        task.parse_labels(["a blue"], classes)
+    single = get_task("multiclass")
+    assert single.label_text(2, classes) == single.label_text(np.eye(5)[2], classes) == "b c"
+    assert single.parse_labels(["red", "a b"], classes).tolist() == [4, 1]

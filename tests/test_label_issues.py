@@ -144,3 +144,58 @@ def test_exclude_removes_exactly_the_listed_files_and_changes_nothing_on_disk(tm
     used = {p for entry in record["splits"].values() for p in entry["paths"]}
     assert len(used) == 27 and not used & names
     assert folder_hash(data) == before
+
+
+def test_multilabel_background_count_reads_each_class_as_a_yes_no_question():
+    from classifier.label_issues import multilabel_background_count
+
+    rng = np.random.default_rng(0)
+    true = (rng.random((1500, 4)) < [0.5, 0.3, 0.2, 0.4]).astype(np.int64)
+    logits = np.where(true == 1, 4.0, -4.0) + rng.normal(0, 1.5, true.shape)
+    probs = 1 / (1 + np.exp(-logits))
+    assert multilabel_background_count(true, probs) <= 0.01 * true.size  # right labels: next to nothing
+    given, wrong = true.copy(), rng.choice(len(true), 120, replace=False)
+    given[wrong, rng.integers(0, 4, 120)] ^= 1  # one class wrongly marked on 120 images (present or absent)
+    assert abs(multilabel_background_count(given, probs) - 120) <= 15
+    flagged, scores = rank_label_issues(given, probs)
+    assert np.isin(flagged, wrong).mean() >= 0.9 and np.isin(wrong, flagged).mean() >= 0.9
+    assert np.all(np.diff(scores[flagged]) >= 0)  # most suspicious first
+    with pytest.raises(ClassifierError, match="no train"):  # a class no image has
+        rank_label_issues(np.c_[given, np.zeros(len(given), int)], np.c_[probs, probs[:, :1]])
+
+
+def test_planted_multilabel_errors_are_found_from_the_command_line(tmp_path):
+    from tests.test_multilabel import write_multilabel_csv
+
+    labels_csv = write_multilabel_csv(tmp_path / "data", n=240)
+    with open(labels_csv, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    planted = {5: "red", 33: "green", 61: "blue", 98: "red", 130: "green", 171: "blue", 200: "red", 229: "green"}
+    for i, name in planted.items():  # one class wrongly added or dropped
+        rows[i][1] = " ".join(sorted(set(rows[i][1].split()) ^ {name}))
+    truth = {r[0]: r[1] for r in rows}
+    with open(labels_csv, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    before = folder_hash(tmp_path / "data")
+    run_dir = train_main(["--find-label-issues", "--folds", "3", "--model", "lenet5", "--dataset", f"csv:{labels_csv}",
+                          "--epochs", "15", "--batch-size", "16", "--optimizer", "adam", "--lr", "0.01",
+                          "--augment", "none", "--test-fraction", "0", "--amp", "off", "--progress", "false",
+                          "--tensorboard", "false", "--workers", "0", "--project", str(tmp_path / "runs"),
+                          "--name", "issues"])
+    with open(run_dir / "label_issues.csv", newline="") as f:
+        found = list(csv.DictReader(f))
+    wrong = {rows[i][0] for i in planted}
+    hits = [r for r in found if r["file"] in wrong]
+    assert len(hits) >= 6 and len(found) - len(hits) <= 2  # (measured over 5 plantings: 6-8 of 8, 0-2 others)
+    for r in hits:  # the given label set as written, the suggestion putting the planted class right
+        i = next(i for i in planted if rows[i][0] == r["file"])
+        assert r["given_label"] == truth[r["file"]]
+        assert planted[i] in set(r["given_label"].split()) ^ set(r["suggested_label"].split())
+    report = (run_dir / "label_issues.md").read_text()
+    assert "| class | flagged, given and suggested disagree on it |" in report
+    assert folder_hash(tmp_path / "data") == before  # the CSV and the images are untouched
+    run = classifier.train(dataset=f"csv:{labels_csv}", exclude=str(run_dir / "label_issues.csv"), project=str(tmp_path),
+                           name="clean", **{**FAST, "test_fraction": 0})
+    record = json.loads((run.dir / "split.json").read_text())
+    used = {p for entry in record["splits"].values() for p in entry.get("paths", [])}
+    assert len(used) == 240 - len(found) and not used & {r["file"] for r in found}
