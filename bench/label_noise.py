@@ -5,6 +5,7 @@
     python bench/label_noise.py --part labels --model lenet5 --epochs 15
     python bench/label_noise.py --part duplicates
     python bench/label_noise.py --part methods        # how the near-duplicate descriptor was chosen
+    python bench/label_noise.py --part multilabel     # wrong label sets in a multi-label CSV
 
 labels: 2,000 training images of Fashion-MNIST (200 per class, seeded) written as PNGs into class folders
 of a temporary folder, 10% of them (uniformly chosen) written into a wrong class folder instead (a wrong
@@ -21,6 +22,13 @@ methods: 2,500 training images and 200 copies of them made as above; for a 64-bi
 32x32 thumbnail, Hamming distance), the thumbnail descriptor without zooms, and the one the check uses
 (data/duplicates.py), how many copies fall within a distance and how many distinct pairs do.
 
+multilabel: 2,000 56x56 grids of real Fashion-MNIST items (bench/multilabel.py's: 2x2 cells, each filled with
+probability 0.6, labelled with the classes shown), written as PNGs with a CSV label file; on 10% of them
+(uniformly chosen) one class drawn uniformly is toggled: added when absent (most often), dropped when
+present. ``classifier.find_label_issues`` (5 folds) flags files; precision and recall, the time, and
+cleanlab's own multi-label rule on the same out-of-fold probabilities. Reference: one-vs-rest logistic
+regression on the pixels (5-fold out-of-fold), then the same rules.
+
 Every file is written in a temporary folder; nothing else is touched. Times depend on the machine's load:
 say whether it was busy.
 """
@@ -36,13 +44,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # multilabel.py's grids
 
 import classifier  # noqa: E402
-from classifier.label_issues import FILTERS, rank_label_issues  # noqa: E402
+from classifier.label_issues import FILTERS, multilabel_background_count, rank_label_issues  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
@@ -119,6 +129,72 @@ def labels_part(args, work: Path) -> None:
         p_ref, r_ref = scores({files[i] for i in flagged_idx}, planted)
         print(f"reference (logistic regression on pixels + cleanlab, 5 folds, rule {rule}): flagged "
               f"{len(flagged_idx)}, precision {p_ref:.2f}, recall {r_ref:.2f}, {seconds:.0f} s")
+
+
+def write_noisy_grids(folder: Path, n: int, noise: float, seed: int) -> tuple[Path, set[str], np.ndarray]:
+    """``n`` grids of real Fashion-MNIST items (bench/multilabel.py's ``grid_set``) as PNGs and labels.csv,
+    ``noise`` of them with one class toggled; returns (the CSV, the planted files, the given label matrix)."""
+    from multilabel import grid_set  # bench/multilabel.py
+
+    images, given = grid_set(read_idx("train-images-idx3-ubyte.gz"), read_idx("train-labels-idx1-ubyte.gz"), n, seed)
+    rng = np.random.default_rng(seed + 1)
+    wrong = rng.choice(n, int(round(noise * n)), replace=False)
+    given[wrong, rng.integers(0, 10, len(wrong))] ^= 1  # added when absent, dropped when present
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, image in enumerate(images):
+        Image.fromarray(image[..., 0]).save(folder / f"img/{i:05d}.png")
+        rows.append(f"img/{i:05d}.png,{' '.join(CLASSES[c] for c in np.flatnonzero(given[i]))}")
+    (folder / "labels.csv").write_text("filename,labels\n" + "\n".join(rows) + "\n")
+    return folder / "labels.csv", {f"img/{i:05d}.png" for i in wrong}, given
+
+
+def multilabel_part(args, work: Path) -> None:
+    labels_csv, planted, given = write_noisy_grids(work / "grids", args.images, args.noise, args.seed)
+    files = [f"img/{i:05d}.png" for i in range(len(given))]
+    print(f"{len(given)} grids of Fashion-MNIST items, {given.sum(1).mean():.2f} labels per image, "
+          f"{len(planted)} with one class toggled ({labels_csv})")
+    settings = yaml.safe_load(args.multilabel_set) or {}
+    start = time.perf_counter()
+    issues = classifier.find_label_issues(model=args.model, dataset=f"csv:{labels_csv}", folds=5, epochs=args.epochs,
+                                          test_fraction=0, threads=args.threads, progress=False, tensorboard=False,
+                                          plots=False, project=str(work / "runs"), filter_by=args.filter_by,
+                                          **({"extra": {"width": args.width}} if args.width else {}), **settings)
+    seconds = time.perf_counter() - start
+    p, r = scores(set(issues.files), planted)
+    m = issues.cv.summary["cv_val_mAP_mean"]
+    print(f"classifier.find_label_issues ({args.model}{f' width {args.width}' if args.width else ''}, "
+          f"{args.epochs} epochs, {settings}, 5 folds, {args.threads} threads): flagged {len(issues.files)}, precision {p:.2f}, "
+          f"recall {r:.2f}, {seconds / 60:.1f} min (out-of-fold mAP on the noisy labels {m:.3f})")
+    cv = issues.cv
+    for rule in ("low_self_confidence", "prune_by_noise_rate", "low_self_confidence cut at the background count"):
+        flagged_idx, _ = rank_label_issues(cv.labels, cv.probs, rule.split()[0])
+        if rule.endswith("count"):
+            flagged_idx = flagged_idx[:multilabel_background_count(cv.labels, cv.probs)]
+        p, r = scores({cv.files[i] for i in flagged_idx}, planted)
+        print(f"  same out-of-fold probabilities, {rule}: flagged {len(flagged_idx)}, precision {p:.2f}, recall {r:.2f}")
+
+    start = time.perf_counter()
+    pixels = np.stack([np.asarray(Image.open(labels_csv.parent / f)) for f in files]).reshape(len(files), -1) / 255.0
+    probs = _logistic_oof_multilabel(pixels, given, args.seed)
+    seconds = time.perf_counter() - start
+    for rule in ("prune_by_noise_rate", args.filter_by or FILTERS[0]):
+        flagged_idx, _ = rank_label_issues(given, probs, rule)
+        p_ref, r_ref = scores({files[i] for i in flagged_idx}, planted)
+        print(f"reference (one-vs-rest logistic regression on pixels + cleanlab, 5 folds, rule {rule}): flagged "
+              f"{len(flagged_idx)}, precision {p_ref:.2f}, recall {r_ref:.2f}, {seconds:.0f} s")
+
+
+def _logistic_oof_multilabel(x, y, seed: int) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+
+    probs = np.zeros(y.shape)
+    for train, val in KFold(5, shuffle=True, random_state=seed).split(x):
+        for c in range(y.shape[1]):
+            model = LogisticRegression(max_iter=300).fit(x[train], y[train, c])
+            probs[val, c] = model.predict_proba(x[val])[:, 1]
+    return probs
 
 
 def _files(folder: Path) -> list[str]:
@@ -252,7 +328,7 @@ def methods_part(args, work: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("labels", "duplicates", "methods", "both"), default="both")
+    parser.add_argument("--part", choices=("labels", "duplicates", "methods", "multilabel", "both"), default="both")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--noise", type=float, default=0.10)
     parser.add_argument("--copies", type=int, default=20)
@@ -265,6 +341,9 @@ def main(argv=None) -> None:
     parser.add_argument("--filter-by", default=None,
                         help="the rule (default: find_label_issues' own, background; older rows of docs/data-quality.md "
                              "name the rule they used)")
+    parser.add_argument("--multilabel-set", default="{optimizer: adam, batch_size: 32, augment: none}",
+                        help="--part multilabel's training settings, a YAML mapping (replacing --batch-size, --lr and "
+                             "--augment; the default: what bench/multilabel.py chose on validation mAP)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary folder")
@@ -277,6 +356,8 @@ def main(argv=None) -> None:
             duplicates_part(args, work)
         if args.part == "methods":
             methods_part(args, work)
+        if args.part == "multilabel":
+            multilabel_part(args, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
