@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "bench"))  # multilabel.py's grids
 
 import classifier  # noqa: E402
 from classifier.label_issues import FILTERS, multilabel_background_count, rank_label_issues  # noqa: E402
+from classifier.tasks import TASKS  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
@@ -105,19 +106,8 @@ def labels_part(args, work: Path) -> None:
     print(f"{len(labels)} Fashion-MNIST images, {len(planted)} in a wrong class folder ({data})")
 
     given = np.array([CLASSES.index(f.split("/")[0]) for f in sorted(_files(data))])
-    start = time.perf_counter()
-    issues = classifier.find_label_issues(model=args.model, dataset=f"folder:{data}", folds=5, epochs=args.epochs,
-                                          batch_size=args.batch_size, lr=args.lr, test_fraction=0,
-                                          threads=args.threads, progress=False, tensorboard=False, plots=False,
-                                          project=str(work / "runs"), filter_by=args.filter_by,
-                                          **({"augment": args.augment} if args.augment else {}),
-                                          **({"extra": {"width": args.width}} if args.width else {}))
-    seconds = time.perf_counter() - start
-    p, r = scores(set(issues.files), planted)
-    acc = issues.cv.summary["cv_val_accuracy_mean"]
-    print(f"classifier.find_label_issues ({args.model}{f' width {args.width}' if args.width else ''}, {args.epochs} epochs, 5 folds, {args.threads} threads): "
-          f"flagged {len(issues.files)}, precision {p:.2f}, recall {r:.2f}, {seconds / 60:.1f} min "
-          f"(out-of-fold accuracy on the noisy labels {acc:.1%})")
+    settings = {"batch_size": args.batch_size, "lr": args.lr, **({"augment": args.augment} if args.augment else {})}
+    find_issues(args, work, f"folder:{data}", settings, planted)
 
     start = time.perf_counter()
     pixels = np.stack([np.asarray(Image.open(data / f)) for f in sorted(_files(data))]).reshape(len(given), -1) / 255.0
@@ -155,18 +145,7 @@ def multilabel_part(args, work: Path) -> None:
     print(f"{len(given)} grids of Fashion-MNIST items, {given.sum(1).mean():.2f} labels per image, "
           f"{len(planted)} with one class toggled ({labels_csv})")
     settings = yaml.safe_load(args.multilabel_set) or {}
-    start = time.perf_counter()
-    issues = classifier.find_label_issues(model=args.model, dataset=f"csv:{labels_csv}", folds=5, epochs=args.epochs,
-                                          test_fraction=0, threads=args.threads, progress=False, tensorboard=False,
-                                          plots=False, project=str(work / "runs"), filter_by=args.filter_by,
-                                          **({"extra": {"width": args.width}} if args.width else {}), **settings)
-    seconds = time.perf_counter() - start
-    p, r = scores(set(issues.files), planted)
-    m = issues.cv.summary["cv_val_mAP_mean"]
-    print(f"classifier.find_label_issues ({args.model}{f' width {args.width}' if args.width else ''}, "
-          f"{args.epochs} epochs, {settings}, 5 folds, {args.threads} threads): flagged {len(issues.files)}, precision {p:.2f}, "
-          f"recall {r:.2f}, {seconds / 60:.1f} min (out-of-fold mAP on the noisy labels {m:.3f})")
-    cv = issues.cv
+    cv = find_issues(args, work, f"csv:{labels_csv}", settings, planted).cv
     for rule in ("low_self_confidence", "prune_by_noise_rate", "low_self_confidence cut at the background count"):
         flagged_idx, _ = rank_label_issues(cv.labels, cv.probs, rule.split()[0])
         if rule.endswith("count"):
@@ -195,6 +174,23 @@ def _logistic_oof_multilabel(x, y, seed: int) -> np.ndarray:
             model = LogisticRegression(max_iter=300).fit(x[train], y[train, c])
             probs[val, c] = model.predict_proba(x[val])[:, 1]
     return probs
+
+
+def find_issues(args, work: Path, dataset: str, settings: dict, planted: set):
+    """``classifier.find_label_issues`` (5 folds over every image), timed; prints precision and recall."""
+    start = time.perf_counter()
+    issues = classifier.find_label_issues(model=args.model, dataset=dataset, folds=5, epochs=args.epochs, test_fraction=0,
+                                          threads=args.threads, progress=False, tensorboard=False, plots=False,
+                                          project=str(work / "runs"), filter_by=args.filter_by,
+                                          **({"extra": {"width": args.width}} if args.width else {}), **settings)
+    seconds = time.perf_counter() - start
+    p, r = scores(set(issues.files), planted)
+    name = TASKS[issues.cv.task].headline
+    print(f"classifier.find_label_issues ({args.model}{f' width {args.width}' if args.width else ''}, {args.epochs} "
+          f"epochs, {settings}, 5 folds, {args.threads} threads): flagged {len(issues.files)}, precision {p:.2f}, "
+          f"recall {r:.2f}, {seconds / 60:.1f} min (out-of-fold {name} on the noisy labels "
+          f"{issues.cv.summary[f'cv_val_{name}_mean']:.3f})")
+    return issues
 
 
 def _files(folder: Path) -> list[str]:
