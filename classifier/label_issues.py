@@ -25,8 +25,8 @@ docs/data-quality.md). In the cross-validation folder RUN it writes:
 Multi-label data (a 0/1 label matrix) goes through cleanlab's ``multilabel_classification`` functions with
 the same rules: an image is flagged when any of its classes looks wrongly marked (present or absent). The
 background count is then summed over the classes, each class read as its own yes/no question
-(``multilabel_background_count``), and cuts cleanlab's multi-label ranking alone (cleanlab's own count runs
-short there: ``_rank_multilabel``); ``given_label`` and ``suggested_label`` are label sets (class names
+(``multilabel_background_count``), and cuts cleanlab's multi-label ranking (worst class first) alone
+(cleanlab's own count is no cap there: ``_rank_multilabel``); ``given_label`` and ``suggested_label`` are label sets (class names
 separated by spaces; suggested: the classes whose out-of-fold probability is at least 0.5), and the
 per-class count is of the flagged images on which given and suggested disagree about that class.
 
