@@ -99,6 +99,10 @@ CASES = {
     "missing data, offline": (
         lambda r: (train_main, [*TRAIN, "--dataset", "cifar10", "--data-dir", str(r / "data")]),
         "CIFAR-10 not found; put data_batch_1"),
+    "two commands in one": (lambda r: (train_main, [*TRAIN, "--find-label-issues", "--resume", str(r / "runs")]),
+                            "--find-label-issues and --resume are different commands: give one of them"),
+    "a search option without the search": (lambda r: (train_main, [*TRAIN, "--tune-time", "30m"]),
+                                           "--tune-time goes with --tune"),
     "missing data, downloads off": (
         lambda r: (train_main, [*TRAIN, "--dataset", "cifar10", "--data-dir", str(r / "data"), "--download", "false"]),
         "(download disabled)"),

@@ -101,18 +101,37 @@ def train_command_with_lr(argv: list[str], lr: float) -> str:
     return shlex.join(["python", "train.py", *kept, "--lr", f"{lr:g}"])
 
 
+# what train.py does instead of a plain training run: one per command (a later one would be ignored)
+ACTIONS = ("find_lr", "visualize", "check_data", "tune", "find_label_issues", "resume")
+# options that mean something with one action only: option -> that action
+GOES_WITH = {"label_issue_filter": "find_label_issues", "save": "visualize", "tune_time": "tune",
+             "tune_backend": "tune", "tune_resources": "tune", "tune_parallel": "tune"}
+
+
+def check_actions(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse two actions in one command, and an action's option without it: nothing given is ignored."""
+    given = [dest for dest in (*ACTIONS, *GOES_WITH) if getattr(args, dest) != parser.get_default(dest)]
+    flag = lambda dest: "--" + dest.replace("_", "-")  # noqa: E731
+    actions = [dest for dest in ACTIONS if dest in given]
+    if len(actions) > 1:
+        raise ClassifierError(f"{flag(actions[0])} and {flag(actions[1])} are different commands: give one of them")
+    for option in (dest for dest in GOES_WITH if dest in given):
+        if GOES_WITH[option] not in given:
+            raise ClassifierError(f"{flag(option)} goes with {flag(GOES_WITH[option])}")
+
+
 @cli_entry
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import_user_modules(args)  # --import: a user's module (e.g. one registering a dataset), before anything resolves
     if args.list_models:
         print(list_models_text(args.list_models))
         return None
     # the settings are resolved once, in the API (config.resolve): recipe < --config file < flags
     settings = flag_values(args)
-    if args.label_issue_filter and not args.find_label_issues:
-        raise ClassifierError("--label-issue-filter goes with --find-label-issues")
+    check_actions(parser, args)
     if args.find_lr is not None:
         return find_lr(args, argv)
     if args.visualize:
