@@ -53,7 +53,7 @@ def train(config: str | Path | None = None, *, resume: str | Path | None = None,
     arrays again (else a one-line error says so); export verifies it on random images.
     ``resume``: a run folder to continue from its last.pt (settings may raise ``epochs`` and change the
     hardware; others must equal the run's). ``callbacks``: {event: [fn, ...]}, events on_train_start(run),
-    on_epoch_end(run, row), on_train_end(run, summary); a callback stops training with ``run.stop()``.
+    on_epoch_end(run, row), on_train_end(run, summary), on_train_interrupt(run); a callback stops training with ``run.stop()``.
 
     The global state a run changes (torch thread count, deterministic mode, the torch / numpy / Python
     random generators) is restored when it returns.
@@ -214,6 +214,10 @@ class Model:
         """``export(out_dir, format="web", ...)``: a static web page that classifies images in the browser
         (index.html, the model(s), metadata.json and the ONNX Runtime Web files; default folder: web/ beside
         the checkpoint); ``serve``: serve it on localhost until interrupted. Returns the folder."""
+        if options.get("format", "web") not in ("web", ["web"], ("web",)):
+            raise ClassifierError(f"export_web writes the web page only (format={options['format']!r}): "
+                                  "export(format=[...]) writes several formats")
+        options.pop("format", None)
         return self.export(out_dir, format="web", serve=serve, **options)
 
     # --- serve

@@ -107,14 +107,21 @@ def rank_label_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str | No
                                                                                                     np.ndarray]:
     """(positions of the flagged samples, most suspicious first; every sample's label quality score).
     ``labels``: class indices, or a 0/1 matrix (multi-label; ``probs`` then per-class sigmoids)."""
+    flagged, scores, _ = _ranked(labels, probs, filter_by)
+    return flagged, scores
+
+
+def _ranked(labels, probs, filter_by: str | None):
+    """``rank_label_issues`` and the counts the rule compared ({name: count}; empty for cleanlab's rules)."""
     filter_by = _checked_filter(filter_by)
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     missing = np.flatnonzero(to_multilabel(labels, probs.shape[1]).sum(0) == 0).tolist()
     if missing:
         raise ClassifierError(f"class(es) {missing} have no train+val images: label issues need every class")
-    flagged, scores = RANKERS[labels.ndim](labels, probs, filter_by)
-    return np.asarray(flagged, np.int64)[np.argsort(scores[flagged], kind="stable")], scores  # lowest quality first
+    flagged, scores, counts = RANKERS[labels.ndim](labels, probs, filter_by)
+    flagged = np.asarray(flagged, np.int64)
+    return flagged[np.argsort(scores[flagged], kind="stable")], scores, counts  # lowest quality first
 
 
 def _rank_multiclass(labels: np.ndarray, probs: np.ndarray, filter_by: str):
@@ -125,9 +132,11 @@ def _rank_multiclass(labels: np.ndarray, probs: np.ndarray, filter_by: str):
     probs = probs / probs.sum(1, keepdims=True)  # the CSV's 6 significant digits: rows sum to 1 again
     rule = "low_self_confidence" if filter_by == "background" else filter_by
     flagged = cleanlab_find(labels, probs, filter_by=rule, return_indices_ranked_by="self_confidence", n_jobs=1)
+    counts = {}
     if filter_by == "background":
-        flagged = flagged[:background_count(labels, probs)]
-    return flagged, get_label_quality_scores(labels, probs, method="self_confidence")
+        counts = {"cleanlab's count": len(flagged), "background count": background_count(labels, probs)}
+        flagged = flagged[:counts["background count"]]
+    return flagged, get_label_quality_scores(labels, probs, method="self_confidence"), counts
 
 
 def _rank_multilabel(labels: np.ndarray, probs: np.ndarray, filter_by: str):
@@ -145,8 +154,10 @@ def _rank_multilabel(labels: np.ndarray, probs: np.ndarray, filter_by: str):
     # 44% planted with it, 64% with the minimum)
     scores = get_label_quality_scores(given, probs, aggregator_kwargs={"method": np.min})
     if filter_by == "background":
-        return np.argsort(scores, kind="stable")[:multilabel_background_count(labels, probs)], scores
-    return cleanlab_find(given, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence", n_jobs=1), scores
+        count = multilabel_background_count(labels, probs)
+        return np.argsort(scores, kind="stable")[:count], scores, {"background count": count}
+    flagged = cleanlab_find(given, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence", n_jobs=1)
+    return flagged, scores, {}
 
 
 def background_count(labels: np.ndarray, probs: np.ndarray) -> int:
@@ -178,7 +189,8 @@ def multilabel_background_count(labels: np.ndarray, probs: np.ndarray) -> int:
                for c in range(labels.shape[1]))
 
 
-# label form (labels.ndim) -> (labels, probs, filter_by) -> (flagged, every sample's label quality score)
+# label form (labels.ndim) -> (labels, probs, filter_by) -> (flagged, every sample's label quality score,
+# the counts the rule compared)
 RANKERS = {1: _rank_multiclass, 2: _rank_multilabel}
 
 
@@ -188,7 +200,8 @@ def label_issues_of(cv: CrossValResult, *, filter_by: str | None = None, figure:
     if not cv.complete:
         raise ClassifierError(f"{cv.dir}: folds {sorted(set(range(1, cv.folds + 1)) - set(cv.folds_done))} are not "
                               "done; label issues need the out-of-fold probabilities of every fold")
-    flagged, scores = rank_label_issues(cv.labels, cv.probs, filter_by)
+    flagged, scores, counts = _ranked(cv.labels, cv.probs, filter_by)
+    rule = filter_by + (f": {', '.join(f'{name} {n}' for name, n in counts.items())}" if counts else "")
     task, classes = TASKS[cv.task], cv.classes
     given, suggested = to_multilabel(cv.labels, len(classes)), task.decide(cv.probs)
     rows = [{"file": cv.files[i], "given_label": task.label_text(cv.labels[i], classes),
@@ -201,9 +214,9 @@ def label_issues_of(cv: CrossValResult, *, filter_by: str | None = None, figure:
     atomic_write_text(cv.dir / "label_issues.csv", csv_text(lines), "label issues")
     shown = _figure(cv, rows[:FIGURE_IMAGES]) if figure and rows else None
     totals = given.sum(0)
-    atomic_write_text(cv.dir / "label_issues.md", _report(cv, rows, per_class, totals, shown, filter_by),
+    atomic_write_text(cv.dir / "label_issues.md", _report(cv, rows, per_class, totals, shown, rule),
                       "label issues report")
-    print(f"label issues: {len(rows)} of {len(cv.files)} train+val images flagged ({filter_by}); "
+    print(f"label issues: {len(rows)} of {len(cv.files)} train+val images flagged ({rule}); "
           + ", ".join(f"{c} {n}" for c, n in per_class.items() if n) + f"\n  {cv.dir / 'label_issues.csv'}"
           + (f"; figure {shown}" if shown else "") + f"; report {cv.dir / 'label_issues.md'}\n"
           f"  nothing in the dataset was changed; to train without them: --exclude {cv.dir / 'label_issues.csv'}",
@@ -211,10 +224,10 @@ def label_issues_of(cv: CrossValResult, *, filter_by: str | None = None, figure:
     return LabelIssues(cv.dir, rows, per_class, cv)
 
 
-def _report(cv: CrossValResult, rows: list, per_class: dict, totals: np.ndarray, figure, filter_by: str) -> str:
+def _report(cv: CrossValResult, rows: list, per_class: dict, totals: np.ndarray, figure, rule: str) -> str:
     pairs = Counter((r["given_label"], r["suggested_label"]) for r in rows).most_common(10)
     out = [f"# Label issues in {cv.settings.get('dataset', '')}", "",
-           f"{len(rows)} of {len(cv.files)} train+val images flagged by cleanlab ({filter_by}) on out-of-fold "
+           f"{len(rows)} of {len(cv.files)} train+val images flagged by cleanlab ({rule}) on out-of-fold "
            f"probabilities of {cv.folds} folds ({cv.settings.get('model', '')}). The list, most suspicious first: "
            "`label_issues.csv`. Nothing in the dataset was changed.", "",
            "| given class | flagged | images | share |" if cv.task == "multiclass" else

@@ -197,6 +197,10 @@ class MLflowLogger:
             self.tracker.artifact(figure, "eval/figures")
         self.tracker.end("KILLED" if run.stop_reason and "pruned" in run.stop_reason else "FINISHED")
 
+    def on_train_interrupt(self, run) -> None:
+        """Ctrl-C or a stop signal: the MLflow run ends KILLED (not left RUNNING); a resume reopens it."""
+        self.tracker.end("KILLED")
+
 
 def _read_json(path: Path) -> dict:
     try:
@@ -224,3 +228,4 @@ def add_tracking_callbacks(run) -> None:
         run.callbacks.add("on_train_start", logger.on_train_start)
         run.callbacks.add("on_epoch_end", logger.on_epoch_end)
         run.callbacks.add("on_train_end", logger.on_train_end)
+        run.callbacks.add("on_train_interrupt", logger.on_train_interrupt)

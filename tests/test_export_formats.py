@@ -157,6 +157,10 @@ def test_api_old_spellings_reach_the_same_options(run, captured):
     model = classifier.load(run)
     model.export_web("site", quantize="int8", serve=True)
     assert captured[-1].requested() == ["web", "int8"] and captured[-1].output == "site" and captured[-1].serve
+    model.export_web("site", format="web")  # the format it writes anyway: taken
+    assert captured[-1].requested() == ["web"]
+    with pytest.raises(ClassifierError, match="export_web writes the web page only"):
+        model.export_web("site", format="onnx")
     model.export(quantize="int8", mobile="amd64", verify="false", threads="2")
     options = captured[-1]
     assert options.requested() == ["onnx", "int8", "ort"] and options.verify is False and options.threads == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_the_default_rule_cuts_cleanlabs_ranking_at_the_background_count(capsys)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_planted_label_errors_are_found_and_listed_with_both_labels(tmp_path):
+def test_planted_label_errors_are_found_and_listed_with_both_labels(tmp_path, capsys):
     images, labels = stripes(150)
     given = labels.copy()
     planted = [7, 32, 58, 85, 110, 140]  # spread over the 3 folds
@@ -96,6 +97,8 @@ def test_planted_label_errors_are_found_and_listed_with_both_labels(tmp_path):
                                           **{**FAST, "epochs": 8, "lr": 0.1, "augment": "none", "test_fraction": 0,
                                              "plots": True})
     found = {f"train[{i}]" for i in planted} & set(issues.files)
+    counts = re.search(r"flagged \(background: cleanlab's count (\d+), background count (\d+)\)", capsys.readouterr().out)
+    assert counts and len(issues.files) == min(map(int, counts.groups()))  # the cut, as printed
     assert len(found) >= 4 and len(issues.files) - len(found) <= 2  # (measured: 5 of 6, nothing else; with every
     # wrong label in one direction (+1) the background count flags only 2: docs/data-quality.md)
     with open(issues.dir / "label_issues.csv", newline="") as f:

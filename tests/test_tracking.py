@@ -36,9 +36,20 @@ def test_mlflow_run_has_params_epochs_test_metrics_and_artefacts(tmp_path):
     # an export of the run joins its artefacts
     onnx = run.model.export()
     assert f"export/{onnx.name}" in {a.path for a in client.list_artifacts(record["run_id"], "export")}
-    # a resume logs on into the same MLflow run
-    classifier.train(resume=run.dir, dataset=stripes(36, 12), epochs=3)
+    # a resume logs on into the same MLflow run; an interrupted one ends KILLED, not RUNNING
+
+    def stop_after_epoch_3(run, row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        classifier.train(resume=run.dir, dataset=stripes(36, 12), epochs=4,
+                         callbacks={"on_epoch_end": [stop_after_epoch_3]})
     assert [m.step for m in client.get_metric_history(record["run_id"], "val_acc")] == [1, 2, 3]
+    assert client.get_run(record["run_id"]).info.status == "KILLED"
+    classifier.train(resume=run.dir, dataset=stripes(36, 12), epochs=4)
+    assert [m.step for m in client.get_metric_history(record["run_id"], "val_acc")] == [1, 2, 3, 4]
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
 
 
 def test_unreachable_tracking_uri_warns_and_trains(tmp_path):

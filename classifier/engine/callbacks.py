@@ -7,7 +7,9 @@ Integrations plug in here instead of inside the loop: ``classifier.train(..., ca
 - ``on_train_start(run)``: before the first epoch (after the header is printed);
 - ``on_epoch_end(run, row)``: after each epoch's checkpoints are saved; ``row`` is the epoch's history
   record (epoch, train_loss, train_acc, val_loss, val_acc, lr, epoch_time_s, images_per_s, is_best);
-- ``on_train_end(run, summary)``: after training; ``summary`` is what summary.json will hold (add to it).
+- ``on_train_end(run, summary)``: after training; ``summary`` is what summary.json will hold (add to it);
+- ``on_train_interrupt(run)``: training stopped by Ctrl-C or a stop signal, after last.pt holds the
+  progress (the run can be resumed); KeyboardInterrupt follows.
 
 Any callback may call ``run.stop(reason)``: training ends after the current epoch and finishes normally.
 """
@@ -36,7 +38,7 @@ from classifier.report.plots import confusion_matrix_figure, plot_learning_curve
 from classifier.tracking import add_tracking_callbacks
 from classifier.trust.fitting import fit_run_trust
 
-EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
+EVENTS = ("on_train_start", "on_epoch_end", "on_train_end", "on_train_interrupt")
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 
