@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import classifier
@@ -99,3 +101,54 @@ def test_a_copy_further_than_a_crowd_of_look_alikes_is_paired_and_the_crowd_is_n
     assert copy_distance is not None and copy_distance > dup.SURE  # the copy is found ...
     assert dup.SURE < crowd_distance < copy_distance  # ... though look-alikes in the crowd are closer
     assert [(a, b) for a, b, _ in pairs] == [(n - 2, n - 1)]  # and no crowd pair is reported
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION), reason="no system Fashion-MNIST")
+def test_the_coarse_first_pass_for_large_sets_finds_what_comparing_every_pair_finds(monkeypatch):
+    import gzip
+    import io
+
+    from classifier.data import duplicates as dup
+
+    with gzip.open(f"{FASHION}/train-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:3000]
+    rng = np.random.default_rng(0)
+    originals = rng.choice(len(images), 40, replace=False)
+    copies = []
+    for k in originals:  # resized x1.5-3, half of them cropped by 1-2 pixels first, saved as JPEG
+        im = Image.fromarray(images[k])
+        if rng.random() < 0.5:
+            c = int(rng.integers(1, 3))
+            im = im.crop((c, c, 28 - c, 28 - c))
+        buf = io.BytesIO()
+        im.resize((int(28 * rng.uniform(1.5, 3)),) * 2, Image.BICUBIC).save(buf, "JPEG", quality=int(rng.integers(75, 96)))
+        copies.append(thumbnail(np.asarray(Image.open(buf))))
+    thumbs = np.concatenate([thumbnails(images[..., None].copy()), np.stack(copies)])
+    digests = np.array([str(i) for i in range(len(thumbs))])
+    every_pair = near_duplicate_pairs(thumbs, digests)
+    monkeypatch.setattr(dup, "EXACT_MAX", 100)  # the large-set search on the same images
+    coarse_first = near_duplicate_pairs(thumbs, digests)
+    assert [(a, b) for a, b, _ in coarse_first] == [(a, b) for a, b, _ in every_pair]
+    assert np.allclose([d for *_, d in coarse_first], [d for *_, d in every_pair], atol=1e-5)
+    found = {(a, b) for a, b, _ in coarse_first}
+    assert all((k, 3000 + i) in found for i, k in enumerate(originals))  # every planted copy
+
+
+def test_a_training_run_searches_near_duplicates_up_to_its_own_limit(tmp_path, monkeypatch, capsys):
+    from classifier.engine import build
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    write_split(root, "train", 8, rng)
+    monkeypatch.setattr(build, "TRAINING_START_MAX", 10)
+    run = classifier.train(dataset=f"folder:{root}", model="lenet5", epochs=1, batch_size=8, progress=False,
+                           plots=False, tensorboard=False, workers=0, amp="off", eval_test=False,
+                           project=str(tmp_path / "runs"))
+    note = json.loads((run.dir / "data_check.json").read_text())["near_duplicates_note"]
+    assert note.startswith("not searched: 24 images, more than 10 at a training run's start")
+    assert "train.py --check-data searches up to 200,000" in capsys.readouterr().out
+    report = classifier.check_data(dataset=f"folder:{root}")  # asked for: searched
+    assert "near_duplicates_note" not in report and "near_duplicates" in report

@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image
 
 from classifier.cache import cache_dir, cache_root, enforce_limit, touch
-from classifier.data.duplicates import PRINTED_PAIRS, THUMB, near_duplicate_report, thumbnail, thumbnails
+from classifier.data.duplicates import (MAX_IMAGES, PRINTED_PAIRS, THUMB, near_duplicate_report, thumbnail,
+                                        thumbnails)
 from classifier.data.samples import Samples
 from classifier.data.images import BadImageError, load_image
 from classifier.data.loaders import default_workers
@@ -44,9 +45,11 @@ _SAME_FORMAT = {"MPO": "JPEG"}  # multi-picture JPEGs (phone photos) are JPEGs
 _SHOWN = 5  # examples per problem in the console summary
 
 
-def check_splits(classes: list[str], splits: dict[str, Samples], *, figure: str | os.PathLike | None = None) -> dict:
+def check_splits(classes: list[str], splits: dict[str, Samples], *, figure: str | os.PathLike | None = None,
+                 near_max: int = MAX_IMAGES) -> dict:
     """The check report (plain JSON-able data) for ``{split name: Samples}``; ``figure``: a PNG of the
-    closest near-duplicate pairs (data/duplicates.py) is written there when there are any."""
+    closest near-duplicate pairs (data/duplicates.py) is written there when there are any; ``near_max``:
+    the near-duplicate search stops above this many images."""
     counts = {name: s.class_counts(len(classes)).tolist() for name, s in splits.items()}  # multi-label too
     train = counts.get("train") or [0]
     modes, sizes, unreadable, wrong_ext, readable, thumbs = Counter(), Counter(), [], [], [], []
@@ -65,7 +68,7 @@ def check_splits(classes: list[str], splits: dict[str, Samples], *, figure: str 
     for cache in caches.values():
         cache.save()
     duplicates = _duplicates(readable)
-    near = near_duplicate_report(readable, thumbs, figure=figure)
+    near = near_duplicate_report(readable, thumbs, figure=figure, max_images=near_max)
     return {
         "format": FORMAT,
         "classes": list(classes),
@@ -303,10 +306,12 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def run_check(classes: list[str], splits: dict[str, Samples], path: str | os.PathLike | None = None) -> dict:
-    """Check the splits, write the report to ``path`` (if given) and print the summary."""
+def run_check(classes: list[str], splits: dict[str, Samples], path: str | os.PathLike | None = None, *,
+              near_max: int = MAX_IMAGES) -> dict:
+    """Check the splits, write the report to ``path`` (if given) and print the summary; ``near_max``: as
+    ``check_splits``."""
     figure = Path(path).with_name(f"{Path(path).stem}_near_duplicates.png") if path else None
-    report = check_splits(classes, splits, figure=figure)
+    report = check_splits(classes, splits, figure=figure, near_max=near_max)
     lines = summary_lines(report)
     if figure is not None and figure.is_file() and report.get("near_duplicates"):
         lines.append(f"  closest near-duplicate pairs: {figure}")

@@ -21,8 +21,10 @@ hash (DCT) put the cropped copies further apart than a million distinct pairs. P
 descriptors were not measured (no pretrained weights offline here). An image with more than ``RANK - 1``
 near-copies of itself relies on ``SURE`` for the rest.
 
-The search compares every image with every other (matrix products in blocks): about N^2 x 7,500 flops, a
-few seconds for a few thousand images; above ``MAX_IMAGES`` it is skipped with a note. Outliers use the same
+Up to ``EXACT_MAX`` images the search compares every image with every other (matrix products in blocks):
+about N^2 x 7,500 flops, a few seconds for a few thousand images. Above, a coarse first pass picks each
+image's ``CANDIDATES`` nearest (``_nearest_pairs``): a minute for 60,000 images. Above ``MAX_IMAGES`` (and,
+in the check every training run starts with, above ``TRAINING_START_MAX``) it is skipped with a note. Outliers use the same
 descriptors: an image whose ``NEIGHBOURS`` most similar training images are all far (its mean distance to
 them well above what training images have: ``OUTLIER_SPREAD`` robust deviations over the median) is far
 from every class, whichever class it is in.
@@ -42,7 +44,13 @@ LOOSE = 0.008  # at most this, and RATIO x the two images' distances to their RA
 # geometric mean): near-duplicates
 RATIO = 0.15
 RANK = 4  # (the 4th nearest: the 3rd after the near-copy itself)
-MAX_IMAGES = 10_000  # above this the pairwise search is skipped (its cost grows with N^2)
+EXACT_MAX = 5_000  # up to this many images every pair is compared at every zoom
+MAX_IMAGES = 200_000  # above this the search is skipped (even the coarse pass grows with N^2)
+TRAINING_START_MAX = 10_000  # the check every training run starts with searches up to here (seconds);
+# the data check asked for (train.py --check-data, classifier.check_data) up to MAX_IMAGES (a minute per 60,000)
+COARSE_SIDE = 6  # above EXACT_MAX: a first pass at this side and these zooms finds each image's CANDIDATES
+COARSE_ZOOMS = (0.0, 0.04, 0.08, 0.12)  # nearest images, which are then compared as above
+CANDIDATES = 24
 NEIGHBOURS = 5
 OUTLIER_SPREAD = 8.0  # robust standard deviations (1.4826 MAD) above the median kNN distance
 MAX_OUTLIERS = 0.01  # at most this share of the images is listed as outliers (the farthest first)
@@ -67,8 +75,8 @@ def thumbnails(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def descriptors(thumbs: np.ndarray, zoom: float) -> torch.Tensor:
-    """(N, SIDE*SIDE) unit-length, mean-centred descriptors of the thumbnails centre-cropped by ``zoom`` (an
+def descriptors(thumbs: np.ndarray, zoom: float, side: int = SIDE) -> torch.Tensor:
+    """(N, side*side) unit-length, mean-centred descriptors of the thumbnails centre-cropped by ``zoom`` (an
     exact fractional crop: the thumbnail resampled on the cropped square)."""
     x = torch.from_numpy(np.ascontiguousarray(thumbs)).float()[:, None]
     if zoom:
@@ -76,7 +84,7 @@ def descriptors(thumbs: np.ndarray, zoom: float) -> torch.Tensor:
         theta = torch.tensor([[scale, 0, 0], [0, scale, 0]], dtype=torch.float32).expand(len(x), 2, 3)
         grid = F.affine_grid(theta, (len(x), 1, THUMB, THUMB), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", antialias=True, align_corners=False).flatten(1)
+    x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False).flatten(1)
     x = x - x.mean(1, keepdim=True)
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
@@ -84,15 +92,33 @@ def descriptors(thumbs: np.ndarray, zoom: float) -> torch.Tensor:
 def near_duplicate_pairs(thumbs: np.ndarray, digests: np.ndarray) -> list[tuple]:
     """(i, j, distance) for i < j that are near-duplicates (the module's rule), closest first; pairs of
     identical files (one content hash: the exact-duplicate report has them) and flat images (no picture)
-    left out."""
+    left out. Up to EXACT_MAX images every pair is compared; above, each image's CANDIDATES nearest by a
+    coarse pass (``_nearest_pairs``)."""
     n = len(thumbs)
     if n < 2:
         return []
     plain = descriptors(thumbs, 0.0)
-    flat = thumbs.reshape(n, -1).std(1) < 1.0
     zoomed = [descriptors(thumbs, z) for z in ZOOMS]
-    rank = min(RANK, n - 1)
-    near = torch.empty(n)  # each image's distance to its RANK-th nearest image
+    search = _all_pairs if n <= EXACT_MAX else _nearest_pairs
+    candidates, near = search(thumbs, plain, zoomed, min(RANK, n - 1))
+    flat = thumbs.reshape(n, -1).std(1) < 1.0
+    pairs = [(a, b, max(d, 0.0)) for (a, b), d in candidates.items()
+             if (d <= SURE or d <= RATIO * (near[a] * near[b]) ** 0.5)
+             and not flat[a] and not flat[b] and digests[a] != digests[b]]
+    return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
+
+
+def _keep(candidates: dict, a: list, b: list, d: list) -> None:
+    """Pairs (a, b, distance) into ``candidates``: (lower, higher) -> the smallest distance."""
+    for x, y, dist in zip(a, b, d):
+        key = (min(x, y), max(x, y))
+        candidates[key] = min(candidates.get(key, dist), dist)
+
+
+def _all_pairs(thumbs, plain, zoomed, rank: int) -> tuple[dict, list]:
+    """Every pair compared at every zoom: (pairs at most LOOSE apart, each image's RANK-th nearest distance)."""
+    n = len(plain)
+    near = torch.empty(n)
     candidates: dict = {}
     for start in range(0, n, _BLOCK):
         rows = slice(start, min(start + _BLOCK, n))
@@ -103,14 +129,46 @@ def near_duplicate_pairs(thumbs: np.ndarray, digests: np.ndarray) -> list[tuple]
         dist[torch.arange(len(dist)), torch.arange(start, rows.stop)] = float("inf")  # itself
         near[rows] = torch.topk(dist, rank, dim=1, largest=False).values[:, -1]
         i, j = torch.nonzero(dist <= LOOSE, as_tuple=True)
-        for a, b, d in zip((i + start).tolist(), j.tolist(), dist[i, j].tolist()):
-            key = (min(a, b), max(a, b))
-            candidates[key] = min(candidates.get(key, d), d)
-    near = near.tolist()
-    pairs = [(a, b, max(d, 0.0)) for (a, b), d in candidates.items()
-             if (d <= SURE or d <= RATIO * (near[a] * near[b]) ** 0.5)
-             and not flat[a] and not flat[b] and digests[a] != digests[b]]
-    return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
+        _keep(candidates, (i + start).tolist(), j.tolist(), dist[i, j].tolist())
+    return candidates, near.tolist()
+
+
+def _nearest_pairs(thumbs, plain, zoomed, rank: int) -> tuple[dict, list]:
+    """Above EXACT_MAX images: a coarse pass finds each image's CANDIDATES nearest (its COARSE_SIDE descriptor
+    against every image's at each of COARSE_ZOOMS: one way round suffices, as a crop's plain descriptor is
+    close to its original's zoomed one), and those pairs are then compared as ``_all_pairs`` compares every
+    pair; an image's RANK-th nearest is taken among the pairs it is in. On 60,000 Fashion-MNIST images every
+    planted resized or cropped copy was its original's nearest by the coarse pass (docs/data-quality.md). An
+    image with more than CANDIDATES near-copies of itself keeps only the nearest CANDIDATES."""
+    n = len(plain)
+    query = descriptors(thumbs, 0.0, COARSE_SIDE)
+    base = torch.stack([descriptors(thumbs, z, COARSE_SIDE) for z in COARSE_ZOOMS], 1).flatten(0, 1)  # zooms inner
+    k = min(CANDIDATES, n - 1)
+    nearest = torch.empty((n, k), dtype=torch.long)
+    for start in range(0, n, _BLOCK):
+        rows = slice(start, min(start + _BLOCK, n))
+        sim = (query[rows] @ base.T).view(rows.stop - start, n, len(COARSE_ZOOMS)).amax(2)
+        sim[torch.arange(rows.stop - start), torch.arange(start, rows.stop)] = -float("inf")  # itself
+        nearest[rows] = torch.topk(sim, k, dim=1).indices
+    dist = torch.full((n, k), float("inf"))
+    for start in range(0, n, 4 * _BLOCK):  # the candidates compared at every zoom, either way round
+        rows = slice(start, min(start + 4 * _BLOCK, n))
+        others = nearest[rows]
+        for z in zoomed:
+            dist[rows] = torch.minimum(dist[rows], 1 - torch.einsum("rd,rkd->rk", plain[rows], z[others]))
+            dist[rows] = torch.minimum(dist[rows], 1 - torch.einsum("rd,rkd->rk", z[rows], plain[others]))
+    a, b = np.repeat(np.arange(n), k), nearest.flatten().numpy()
+    _, once = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_index=True)  # a pair chosen both ways: once
+    a, b, d = a[once], b[once], dist.flatten().numpy()[once]
+    # each image's RANK-th nearest among every pair it is in (its own candidates, and those that chose it)
+    ends, both = np.concatenate([a, b]), np.concatenate([d, d])
+    order = np.lexsort((both, ends))
+    first = np.searchsorted(ends[order], np.arange(n))
+    counts = np.bincount(ends, minlength=n)
+    near = np.where(counts >= rank, both[order][np.minimum(first + rank - 1, len(order) - 1)], np.inf)
+    close = d <= LOOSE
+    return dict(zip(zip(np.minimum(a, b)[close].tolist(), np.maximum(a, b)[close].tolist()), d[close].tolist())), \
+        near.tolist()
 
 
 def outlier_scores(thumbs: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -145,16 +203,19 @@ PRINTED_PAIRS = 50  # cross-split pairs printed by the check (all of them are in
 FIGURE_PAIRS = 12
 
 
-def near_duplicate_report(readable: list[tuple], thumbs: list[tuple], *, figure=None) -> dict:
+def near_duplicate_report(readable: list[tuple], thumbs: list[tuple], *, figure=None,
+                          max_images: int = MAX_IMAGES) -> dict:
     """The data check's near-duplicate and outlier entries. ``readable``: (split, digests, file ids) per split,
     ``thumbs``: (thumbnails, Samples, their rows) per split, for the readable samples in the same order.
-    ``figure``: a PNG of the closest pairs, written when there are any."""
+    ``figure``: a PNG of the closest pairs, written when there are any; ``max_images``: above this many
+    images nothing is searched (a note says so)."""
     names = [name for name, _, ids in readable for _ in ids]
     ids = [i for _, _, part in readable for i in part]
-    if len(ids) > MAX_IMAGES:
+    if len(ids) > max_images:
+        why = (f"at a training run's start (train.py --check-data searches up to {MAX_IMAGES:,})"
+               if max_images < MAX_IMAGES else "(even the coarse first pass compares every pair)")
         return {"near_duplicates": [], "near_duplicates_across_splits": 0, "outliers": [],
-                "near_duplicates_note": f"not searched: {len(ids)} images, more than {MAX_IMAGES:,} (the search "
-                                        "compares every pair)"}
+                "near_duplicates_note": f"not searched: {len(ids)} images, more than {max_images:,} {why}"}
     digests = np.concatenate([d for _, d, _ in readable]) if readable else np.zeros(0, str)
     every = np.concatenate([t for t, _, _ in thumbs]) if thumbs else np.zeros((0, THUMB, THUMB), np.uint8)
     pairs = near_duplicate_pairs(every, digests)

@@ -17,6 +17,7 @@ from classifier.checkpoint import load_checkpoint
 from classifier.config import Config
 from classifier.data import build_loader, cap_per_class, default_augment, run_splits, save_split
 from classifier.data.check import run_check
+from classifier.data.duplicates import TRAINING_START_MAX
 from classifier.data.statistics import default_resize_policy
 from classifier.engine import runtime
 from classifier.engine.callbacks import Callbacks
@@ -226,7 +227,7 @@ def build_data(cfg: Config, run_dir: Path, dist: runtime.Dist, *, resumed: bool 
         raise ClassifierError("--sampler balanced draws every class equally often, which multi-label images "
                               "(several classes each) do not allow: use --class-weights auto")
     if dist.is_main and not resumed and splits.info.name.startswith(("folder:", "csv:")):
-        run_check(splits.info.classes, splits.splits, Path(run_dir) / "data_check.json")
+        run_check(splits.info.classes, splits.splits, Path(run_dir) / "data_check.json", near_max=TRAINING_START_MAX)
     splits.splits["train"] = cap_per_class(splits.splits["train"], cfg.max_per_class, cfg.seed)
     if dist.is_main and not resumed:
         save_split(splits.record, split_file)
