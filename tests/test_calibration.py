@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from classifier.trust.calibrate import fit_temperature, sigmoid_nll, softmax_nll
 
@@ -96,9 +97,10 @@ def test_calibrate_false_and_old_checkpoints_keep_the_raw_softmax(tmp_path):
     assert not np.allclose(p_old, p_new, atol=1e-3)  # and the temperature did change them
 
 
-def test_browser_page_shows_the_calibrated_probabilities_and_the_cam(tmp_path):
+def test_browser_page_shows_the_calibrated_probabilities_the_cam_and_the_unknown_answer(tmp_path):
     """The page divides the logits by the metadata's temperature (same probabilities as predict on the
-    checkpoint, 1e-5) and overlays the graph's cam output (export --web --cam)."""
+    checkpoint, 1e-5), overlays the graph's cam output (export --web --cam), and answers "unknown" where
+    predict(reject=True) does, from the graph's ood_score output."""
     import threading
 
     import classifier
@@ -116,12 +118,26 @@ def test_browser_page_shows_the_calibrated_probabilities_and_the_cam(tmp_path):
     try:
         state, message = test_web.open_page(driver, web.server_url(server) + "page/")
         assert state == "ready", message
-        files = sorted(data.rglob("*.png"))[:6]
+        strange = tmp_path / "strange"
+        strange.mkdir()
+        rng = np.random.default_rng(5)
+        for i in range(4):  # pictures of none of the colours: noise and stripes
+            pixels = rng.integers(0, 256, (32, 32, 3)) if i % 2 else np.indices((32, 32)).sum(0)[..., None] % 8 * 32
+            Image.fromarray(np.broadcast_to(pixels, (32, 32, 3)).astype(np.uint8)).save(strange / f"strange{i}.png")
+        files = sorted(data.rglob("*.png"))[:6] + sorted(strange.glob("*.png"))
         test_web.upload(driver, files)
         got = test_web.results(driver, "fp32", len(files))
-        expected = classifier.load(run.dir / "best.pt").predict(files)
+        expected = classifier.load(run.dir / "best.pt").predict(files, reject=True)
         np.testing.assert_allclose([got[p.name] for p in files], [p.probs for p in expected], atol=1e-5)
         assert driver.execute_script("return document.querySelectorAll('.result canvas.cam').length") == len(files)
+        shown = driver.execute_script("return Object.fromEntries(Array.from(document.querySelectorAll('.result'), "
+                                      "f => [f.dataset.file, [Number(f.dataset.oodScore), f.dataset.unknown]]))")
+        scores = np.array([shown[p.name][0] for p in files])
+        np.testing.assert_allclose(scores, [p.ood_score for p in expected], rtol=1e-3, atol=1e-3)
+        unknown = [shown[p.name][1] == "true" for p in files]
+        assert unknown == [p.label == "unknown" for p in expected]
+        assert any(unknown) and not all(unknown)  # both answers occur: the comparison means something
+        assert driver.execute_script("return document.querySelectorAll('.result .unknown').length") == sum(unknown)
     finally:
         server.shutdown()
         server.server_close()

@@ -113,3 +113,29 @@ def test_feature_extract_run_fits_on_the_feature_cache(tmp_path, monkeypatch):
     ood = load_checkpoint(fe.dir / "best.pt")["ood"]
     assert ood["score"] == "mahalanobis" and set(ood["stats"]) == {"means", "precision", "centre"}
     assert calls == []
+
+
+def test_a_mirrored_trust_graph_flips_the_logits_and_scores_the_image_itself():
+    """The web page's graph for a run evaluated with the test-time flip: logits as ``flip_averaged`` gives
+    them, the "unknown" score of the image as ``Predictor`` computes it (not of its mirror image)."""
+    import torch
+
+    from classifier.inference import flip_averaged
+    from classifier.models import create_model
+    from classifier.trust.graph import TrustGraph
+    from classifier.trust.ood import FeatureScore
+
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=3, in_chans=3).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        rng = np.random.default_rng(0)
+        stats = fit_feature_stats("mahalanobis", rng.normal(size=(60, features.shape[1])), np.arange(60) % 3, 3)
+        score = FeatureScore("mahalanobis", stats)
+        logits, scores = TrustGraph(model, score, mirror=True)(x)
+        torch.testing.assert_close(logits, flip_averaged(model, x))
+        torch.testing.assert_close(scores, score(features))
+        assert not torch.allclose(scores, score(model.forward_features(torch.flip(x, dims=[-1]))))
+        plain_logits, _ = TrustGraph(model, score)(x)
+        assert not torch.allclose(plain_logits, logits)  # the mirror changed the logits

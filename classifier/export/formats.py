@@ -33,7 +33,7 @@ from classifier.export.web import export_web
 from classifier.flags import declared_types, flag_name, flag_spec
 from classifier.inference import Predictor
 from classifier.preprocess import Preprocessing
-from classifier.trust.graph import trust_graph
+from classifier.trust.graph import feature_score, trust_graph
 
 
 # --- the options: one field per flag ------------------------------------------------------------------
@@ -257,7 +257,7 @@ def build_web(job: ExportJob) -> Path:
     images, what = parity_images(job.prep, job.data) if opts.verify else (None, "")
     folder = export_web(job.model, job.prep, job.metadata, out_dir, verify_images=images, opset=opts.opset,
                         quantize=opts.quantize_method if "int8" in opts.requested() else None,
-                        calibration=int8_calibration(job), cam=opts.cam)
+                        calibration=int8_calibration(job), cam=opts.cam, score=feature_score(job.ckpt))
     for web_model in folder.models:
         print(f"{web_model.precision}: {web_model.path} ({web_model.note})")
         job.rows.append(Row(f"web {web_model.precision}", web_model.path))

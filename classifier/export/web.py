@@ -38,6 +38,7 @@ from classifier.export.quantize import quantize_int8
 from classifier.inference import flip_averaged
 from classifier.preprocess import Preprocessing
 from classifier.trust.graph import TrustGraph
+from classifier.trust.ood import FeatureScore
 
 ORT_WEB_VERSION = "1.30.0"
 # npm's dist.integrity of onnxruntime-web@1.30.0: the tarball is checked against it before use.
@@ -78,13 +79,15 @@ class WebFolder:
 
 def export_web(model: nn.Module, prep: Preprocessing, metadata: dict, out_dir, *, verify_images=None,
                quantize: str | None = None, calibration=None, opset: int | None = None,
-               cam: bool = False) -> WebFolder:
+               cam: bool = False, score: FeatureScore | None = None) -> WebFolder:
     """Write the page folder ``out_dir`` for ``model`` (``metadata``: ``checkpoint_metadata`` of its run).
 
     ``verify_images``: uint8 HWC images the fp32 web graph is checked on against PyTorch (the same
     parity targets as ``export.py``); ``quantize``: None, "static" or "dynamic" adds an int8 model;
     ``calibration``: fp32 model path -> model-input batches, for static quantization; ``cam``: a second
-    output, the top class's activation map, which the page overlays on each image (classifier/trust/).
+    output, the top class's activation map, which the page overlays on each image (classifier/trust/);
+    ``score``: the run's "unknown" feature score (``trust.graph.feature_score``) as an ``ood_score`` output, which
+    the page compares with the metadata's ``reject_threshold`` (logit scores need no output).
     """
     folder = WebFolder(_prepare_folder(out_dir))
     runtime = onnxruntime_web()  # before the slow export: offline, fail at once
@@ -92,10 +95,11 @@ def export_web(model: nn.Module, prep: Preprocessing, metadata: dict, out_dir, *
     if cam and net is not model:
         raise ClassifierError("--cam: the page's graph averages each image with its mirror image (tta_flip); "
                               "its activation map is not exported")
-    graph = TrustGraph(model, cam=True) if cam else net  # the logits first: the parity check compares those
+    # the logits first: the parity check compares those
+    graph = TrustGraph(model, score, cam, mirror=net is not model) if cam or score is not None else net
     fp32 = folder.path / "model.onnx"
     export_onnx(graph, prep, web_meta, fp32, embed_preprocessing=True, opset=opset,
-                outputs=graph.output_names if cam else (OUTPUT_NAME,))
+                outputs=graph.output_names if graph is not net else (OUTPUT_NAME,))
     note = "not verified"
     if verify_images is not None and len(verify_images):
         try:

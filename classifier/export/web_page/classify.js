@@ -191,6 +191,24 @@
     return Array.from(logits, (value) => 1 / (1 + Math.exp(-value)));
   }
 
+  // the "unknown" answer (classifier/trust/ood.py): an image whose score is below the metadata's
+  // reject_threshold is of none of the classes. Feature scores come from the graph's "ood_score" output;
+  // logit scores from the logits divided by the temperature, as the toolkit computes them.
+  const LOGIT_SCORES = {
+    msp: (scaled) => Math.max(...softmax(scaled)),
+    energy: (scaled, t) => {
+      const max = Math.max(...scaled);
+      return t * (max + Math.log(scaled.reduce((sum, v) => sum + Math.exp(v - max), 0)));
+    },
+  };
+
+  function unknownScore(meta, outputs, scaled) {
+    if (meta.ood_score == null || meta.reject_threshold == null || isMultilabel(meta)) return null;
+    if (outputs.ood_score) return Number(outputs.ood_score.data[0]);
+    const score = LOGIT_SCORES[meta.ood_score];
+    return score ? score(scaled, meta.temperature || 1) : null;
+  }
+
   function isMultilabel(meta) {
     return meta.task === 'multilabel';
   }
@@ -215,7 +233,9 @@
     const t = meta.temperature || 1;  // a number, or one per class (multi-label)
     const logits = Array.from(raw, (value, i) => value / (Array.isArray(t) ? t[i] : t));
     const cam = outputs.cam ? {data: outputs.cam.data, height: outputs.cam.dims[1], width: outputs.cam.dims[2]} : null;
-    return {probs: isMultilabel(meta) ? sigmoid(logits) : softmax(logits), ms, cam};
+    const score = unknownScore(meta, outputs, logits);
+    return {probs: isMultilabel(meta) ? sigmoid(logits) : softmax(logits), ms, cam, score,
+            unknown: score !== null && score < meta.reject_threshold};
   }
 
   // The "cam" output (the top class's activation map at the feature resolution) over the image: negative
@@ -257,8 +277,15 @@
       delete figure.dataset.labels;
       caption.insertAdjacentHTML('beforeend', `<div>Cannot read this image: ${escapeHtml(item.error)}</div>`);
     } else {
-      const {probs, ms} = item.result;
+      const {probs, ms, score, unknown} = item.result;
       figure.dataset.probs = JSON.stringify(probs);
+      if (score !== null) {
+        figure.dataset.oodScore = String(score);
+        figure.dataset.unknown = String(unknown);
+      } else {
+        delete figure.dataset.oodScore;
+        delete figure.dataset.unknown;
+      }
       figure.dataset.model = state.entry.precision;
       figure.dataset.backend = state.backend;
       const multilabel = isMultilabel(state.meta);
@@ -267,6 +294,11 @@
       const order = multilabel ? chosen.slice().sort((a, b) => probs[b] - probs[a])
         : probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]).slice(0, state.page.topk);
       if (multilabel && !order.length) caption.insertAdjacentHTML('beforeend', '<div class="nolabel">no label</div>');
+      if (unknown) {
+        caption.insertAdjacentHTML('beforeend', `<div class="unknown" title="${escapeHtml(state.meta.ood_score)} score ` +
+          `${score.toPrecision(4)}, below ${Number(state.meta.reject_threshold).toPrecision(4)}">unknown: like none ` +
+          'of the classes</div>');
+      }
       caption.insertAdjacentHTML('beforeend', '<ol>' + order.map((i) =>
         `<li>${escapeHtml(state.meta.classes[i])} ${(100 * probs[i]).toFixed(1)}%` +
         `<span class="bar" style="width:${Math.round(60 * probs[i])}px"></span></li>`).join('') + '</ol>' +
