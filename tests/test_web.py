@@ -277,6 +277,36 @@ def test_page_decodes_like_the_toolkit(browser, site):
             np.testing.assert_array_equal(got, load_image(path, channels), err_msg=f"{path.name}, {channels} channels")
 
 
+def test_page_places_the_heat_map_where_the_toolkit_does(browser, site):
+    """The page's resize-policy box (where the cam overlay goes) equals ``policy_window``'s for every policy."""
+    from classifier.preprocess import RESIZE_POLICIES, policy_window
+
+    url, _ = site
+    if browser.current_url != url + "page/":
+        open_page(browser, url + "page/")
+    cases = [(h, w, size, policy) for h, w in ((32, 32), (24, 40), (50, 30), (1, 7), (480, 640), (333, 17))
+             for size in ((32, 32), (28, 56), (224, 160)) for policy in RESIZE_POLICIES]
+    got = browser.execute_script("return arguments[0].map(([h, w, size, policy]) => "
+                                 "classifierPage.policyWindow(h, w, size, policy))", [list(c) for c in cases])
+    expected = [[int(v) for v in policy_window(h, w, size, policy)] for h, w, size, policy in cases]
+    assert got == expected
+    assert any(box[0] > 0 for box in got) and any(box[0] < 0 for box in got)  # crops inside, pads around
+    # the overlay of a map that is hot everywhere tints exactly the box on a white 40 x 64 image
+    for policy in RESIZE_POLICIES:
+        alpha = browser.execute_script(
+            "const [policy] = arguments; const c = document.createElement('canvas'); c.width = 64; c.height = 40;"
+            "const g = c.getContext('2d'); g.fillStyle = '#fff'; g.fillRect(0, 0, 64, 40);"
+            "const out = classifierPage.camOverlay(c, {data: new Float32Array(4).fill(1), height: 2, width: 2},"
+            " {input_size: [32, 32], resize_policy: policy});"
+            "const d = out.getContext('2d').getImageData(0, 0, 64, 40).data;"
+            "return Array.from({length: 40 * 64}, (_, i) => d[4 * i + 1] < 200 ? 1 : 0);", policy)
+        tinted = np.array(alpha).reshape(40, 64).astype(bool)
+        top, left, h, w = (int(v) for v in policy_window(40, 64, (32, 32), policy))
+        box = np.zeros((40, 64), bool)
+        box[max(top, 0):top + h, max(left, 0):left + w] = True
+        assert (tinted == box).mean() > 0.97 and tinted[box].all(), policy  # (the box's edge is antialiased)
+
+
 def test_page_explains_a_model_without_metadata(browser, site):
     url, root = site
     bare = root / "bare"

@@ -238,9 +238,30 @@
             unknown: score !== null && score < meta.reject_threshold};
   }
 
+  // The resize policy's box on a height x width image (preprocess.py's policy_window, the same integer
+  // arithmetic): [top, left, box height, box width]; crop: inside the image, pad: around it (top, left <= 0).
+  const CROP_RATIO = [7, 8];  // preprocess.CROP_RATIO
+  function policyWindow(height, width, size, policy) {
+    const [th, tw] = size;
+    const div = (a, b) => Math.floor(a / b);
+    if (policy === 'crop') {
+      const [num, den] = CROP_RATIO;
+      const boxH = Math.max(1, div(Math.min(height, div(width * th, tw)) * num, den));
+      const boxW = Math.max(1, div(Math.min(width, div(height * tw, th)) * num, den));
+      return [div(height - boxH, 2), div(width - boxW, 2), boxH, boxW];
+    }
+    if (policy === 'pad') {
+      const boxH = Math.max(height, div(width * th + tw - 1, tw));
+      const boxW = Math.max(width, div(height * tw + th - 1, th));
+      return [-div(boxH - height, 2), -div(boxW - width, 2), boxH, boxW];
+    }
+    return [0, 0, height, width];
+  }
+
   // The "cam" output (the top class's activation map at the feature resolution) over the image: negative
-  // values cut, scaled to 0-1, drawn red with that opacity, stretched to the image.
-  function camOverlay(canvas, cam) {
+  // values cut, scaled to 0-1, drawn red with that opacity over the part of the image the model saw (the
+  // resize policy's box: the whole image when squashed, its centre when cropped; padding is cut off).
+  function camOverlay(canvas, cam, meta) {
     const out = document.createElement('canvas');
     out.width = canvas.width;
     out.height = canvas.height;
@@ -257,7 +278,9 @@
     });
     small.getContext('2d').putImageData(heat, 0, 0);
     context.imageSmoothingEnabled = true;
-    context.drawImage(small, 0, 0, out.width, out.height);
+    const [boxTop, boxLeft, boxH, boxW] = policyWindow(out.height, out.width, meta.input_size,
+                                                       meta.resize_policy || 'squash');
+    context.drawImage(small, boxLeft, boxTop, boxW, boxH);
     out.className = 'cam';
     return out;
   }
@@ -266,7 +289,7 @@
     const figure = item.figure;
     figure.replaceChildren();
     const cam = item.result && item.result.cam;
-    if (item.canvas) figure.appendChild(cam ? camOverlay(item.canvas, cam) : item.canvas);
+    if (item.canvas) figure.appendChild(cam ? camOverlay(item.canvas, cam, state.meta) : item.canvas);
     const caption = document.createElement('figcaption');
     caption.innerHTML = `<div class="name">${escapeHtml(item.name)}</div>`;
     figure.dataset.file = item.name;
@@ -428,6 +451,6 @@
     setUpInputs();
   }
 
-  window.classifierPage = {decodeImage, modelPixels};  // for tests and scripting
+  window.classifierPage = {decodeImage, modelPixels, policyWindow, camOverlay};  // for tests and scripting
   state.queue = main().catch(fail);
 })();
