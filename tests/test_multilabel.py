@@ -181,6 +181,35 @@ def test_run_fits_saves_and_applies_thresholds_everywhere(ml_run, tmp_path):
     assert got == expected
 
 
+def test_a_multilabel_run_answers_unknown_by_the_knn_score(ml_run, tmp_path):
+    run, labels = ml_run
+    assert load_checkpoint(run.dir / "best.pt")["ood"]["score"] == "knn"  # (its ood_score: mahalanobis, the default)
+    # 19 validation images: keeping 80% of them puts the threshold inside their scores, not at the lowest
+    run = classifier.train(dataset=f"csv:{labels}", project=str(tmp_path), name="ood", reject_keep=0.8, **FAST)
+    ckpt = load_checkpoint(run.dir / "best.pt")
+    assert ckpt["ood"]["score"] == "knn" and ckpt["ood"]["keep"] == pytest.approx(0.8)
+    val = run_splits(ckpt["config"], split_file=run.dir / "split.json").splits["val"]
+    known = run.model.predict(list(val.paths), reject=True)
+    assert np.mean([p.label != "unknown" for p in known]) >= 0.75  # the threshold keeps 80% of validation images
+    rng = np.random.default_rng(0)
+    strange = []
+    for i in range(6):  # stripes and noise: none of the colour sets
+        pixels = np.indices((16, 16)).sum(0)[..., None] % 4 * 80 if i % 2 else rng.integers(0, 256, (16, 16, 3))
+        strange.append(tmp_path / "strange" / f"strange{i}.png")
+        strange[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(np.broadcast_to(pixels, (16, 16, 3)).astype(np.uint8)).save(strange[-1])
+    answers = run.model.predict(strange, reject=True)
+    assert sum(p.label == "unknown" for p in answers) >= 3  # (measured: 5 of 6)
+    assert all(p.labels == [] for p in answers if p.label == "unknown")  # an unknown image gets no label
+    onnx_path = run.model.export(tmp_path / "model.onnx")  # the score travels as the graph's ood_score output
+    exported = classifier.load(onnx_path).predict(strange, reject=True)
+    np.testing.assert_allclose([p.ood_score for p in exported], [p.ood_score for p in answers], rtol=1e-4, atol=1e-4)
+    assert [p.label for p in exported] == [p.label for p in answers]
+    report = run.model.evaluate(output=tmp_path / "ev", ood=tmp_path / "strange", progress=False)
+    assert report.metrics["ood_score_name"] == "knn" and report.metrics["ood_samples"] == 6
+    assert report.metrics["ood_rejected"] == pytest.approx(np.mean([p.label == "unknown" for p in answers]))
+
+
 def test_evaluation_reports_multilabel_metrics(ml_run, tmp_path):
     run, labels = ml_run
     metrics = json.loads((run.dir / "eval" / "metrics.json").read_text())

@@ -72,29 +72,38 @@ def fit_trust(model, prep: Preprocessing, val, train=None, *, calibrate: bool = 
     if not known.any():
         return {}
     temperature = fit_temperature(logits[known], labels[known]) if calibrate else 1.0
+    if score_entry(score).on_features and (train is None or not len(train)):
+        score = "msp"
+    ood = fit_unknown_rule(model, prep, logits[known], features[known], train, score=score, keep=keep,
+                           temperature=temperature, train_features=features_of.get("train"))
+    return {"temperature": float(temperature), "ood": ood}
+
+
+def fit_unknown_rule(model, prep: Preprocessing, logits, features, train, *, score: str, keep: float,
+                     temperature=1.0, train_features=None) -> dict:
+    """The checkpoint's ``ood`` entry: ``score``'s threshold keeping ``keep`` of the validation images
+    (``logits``, ``features``); a feature score fitted on ``train``'s features first (``train_features``:
+    (features, labels) already computed)."""
     stats = None
     if score_entry(score).on_features:
-        if train is None or not len(train):
-            score = "msp"
-        else:
-            if "train" in features_of:
-                train_features, train_labels = features_of["train"]
-            else:
-                _, train_features, train_labels = sample_outputs(model, train, prep, limit=MAX_FEATURE_IMAGES)
-            stats = fit_feature_stats(score, train_features, train_labels, logits.shape[1])
-    val_scores = ood_scores(score, logits[known], features[known], temperature=temperature, stats=stats)
+        if train_features is None:
+            _, found, labels = sample_outputs(model, train, prep, limit=MAX_FEATURE_IMAGES)
+            train_features = (found, labels)
+        stats = fit_feature_stats(score, *train_features, logits.shape[1])
+    val_scores = ood_scores(score, logits, features, temperature=temperature, stats=stats)
     ood = {"score": score, "threshold": threshold_keeping(val_scores, keep), "keep": float(keep)}
     if stats is not None:
         ood["stats"] = {k: torch.as_tensor(v) for k, v in stats.items()}
-    return {"temperature": float(temperature), "ood": ood}
+    return ood
 
 
 def fit_run_trust(run, summary: dict) -> None:
     """End of training (before the test evaluation): fit the temperature and the "unknown" threshold of
     best.pt on the run's validation split, store them in best.pt, and put the temperature in summary.json.
-    Nothing happens without a validation split. Multi-label runs get a temperature only (shared or per class,
-    chosen by measurement), and their decision thresholds refitted on the calibrated validation probabilities
-    (each class's best F1 again; a ``--threshold`` given stays)."""
+    Nothing happens without a validation split. Multi-label runs get a temperature (shared or per class,
+    chosen by measurement), their decision thresholds refitted on the calibrated validation probabilities
+    (each class's best F1 again; a ``--threshold`` given stays), and a kNN "unknown" rule
+    (``_calibrate_multilabel``)."""
     cfg, best = run.cfg, Path(run.dir) / "best.pt"
     val = run.data.splits.get("val")
     if not best.exists() or val is None or not len(val):
@@ -136,21 +145,36 @@ def cached_features(run) -> dict:
     return out
 
 
+MULTILABEL_OOD_SCORE = "knn"  # the class-mean and softmax scores assume one class per image
+
+
 def _calibrate_multilabel(run, ckpt: dict, model, val, summary: dict) -> None:
-    if not run.cfg.calibrate:
+    """A multi-label run's temperature (``calibrate``) and its "unknown" rule: the kNN distance to the
+    training features whatever ``ood_score`` says (mahalanobis measures the distance to the nearest class
+    mean, msp and energy a softmax: an image of several classes, or of none, is far from all of them)."""
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    logits, features, targets = sample_outputs(model, val, prep, tta_flip=run.cfg.tta_flip)
+    update, lines = {}, []
+    if run.cfg.calibrate:
+        temperature, kind = fit_multilabel_temperature(logits, targets)
+        if not np.all(np.asarray(temperature) == 1.0):
+            update["temperature"] = float(temperature) if kind == "shared" else [float(t) for t in temperature]
+            if ckpt.get("thresholds") is not None and run.cfg.threshold is None:  # refitted on calibrated probs
+                update["thresholds"] = run.task.fit_thresholds(
+                    run.task.probabilities(logits / np.asarray(temperature)), targets)
+            summary["temperature"] = update["temperature"]
+            lines.append(f"{kind} temperature {np.round(temperature, 3).tolist()} (fitted on {len(val)} validation "
+                         "images; decision thresholds refitted on the calibrated probabilities)")
+    train = run.data.splits.get("train")
+    if train is not None and len(train):
+        features_of = cached_features(run)
+        ood = fit_unknown_rule(model, prep, logits, features, train, score=MULTILABEL_OOD_SCORE,
+                               keep=run.cfg.reject_keep, train_features=features_of.get("train"))
+        update["ood"] = ood
+        lines.append(f"unknown below {ood['score']} {ood['threshold']:.4g} (keeps {ood['keep']:.0%} of validation "
+                     f"images{'' if run.cfg.ood_score == MULTILABEL_OOD_SCORE else '; multi-label: knn'})")
+    if not update:
         return
-    logits, _, targets = sample_outputs(model, val, Preprocessing.from_dict(ckpt["preprocessing"]),
-                                        tta_flip=run.cfg.tta_flip)
-    temperature, kind = fit_multilabel_temperature(logits, targets)
-    if np.all(np.asarray(temperature) == 1.0):
-        return
-    value = float(temperature) if kind == "shared" else [float(t) for t in temperature]
-    update = {"temperature": value}
-    if ckpt.get("thresholds") is not None and run.cfg.threshold is None:  # refitted on the calibrated probabilities
-        update["thresholds"] = run.task.fit_thresholds(run.task.probabilities(logits / np.asarray(temperature)),
-                                                       targets)
     ckpt.pop("format", None)
     save_checkpoint({**ckpt, **update}, Path(run.dir) / "best.pt")
-    summary["temperature"] = value
-    print(f"calibration: {kind} temperature {np.round(temperature, 3).tolist()} (fitted on {len(val)} validation "
-          "images; decision thresholds refitted on the calibrated probabilities)", flush=True)
+    print("calibration: " + "; ".join(lines), flush=True)

@@ -203,9 +203,9 @@
   };
 
   function unknownScore(meta, outputs, scaled) {
-    if (meta.ood_score == null || meta.reject_threshold == null || isMultilabel(meta)) return null;
+    if (meta.ood_score == null || meta.reject_threshold == null) return null;
     if (outputs.ood_score) return Number(outputs.ood_score.data[0]);
-    const score = LOGIT_SCORES[meta.ood_score];
+    const score = !isMultilabel(meta) && LOGIT_SCORES[meta.ood_score];
     return score ? score(scaled, meta.temperature || 1) : null;
   }
 
