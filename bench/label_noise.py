@@ -151,7 +151,8 @@ def multilabel_part(args, work: Path) -> None:
         if rule.endswith("count"):
             flagged_idx = flagged_idx[:multilabel_background_count(cv.labels, cv.probs)]
         p, r = scores({cv.files[i] for i in flagged_idx}, planted)
-        print(f"  same out-of-fold probabilities, {rule}: flagged {len(flagged_idx)}, precision {p:.2f}, recall {r:.2f}")
+        print(f"  same out-of-fold probabilities, {rule}: flagged {len(flagged_idx)}, precision {p:.2f}, "
+              f"recall {r:.2f}")
 
     start = time.perf_counter()
     pixels = np.stack([np.asarray(Image.open(labels_csv.parent / f)) for f in files]).reshape(len(files), -1) / 255.0
@@ -179,9 +180,9 @@ def _logistic_oof_multilabel(x, y, seed: int) -> np.ndarray:
 def find_issues(args, work: Path, dataset: str, settings: dict, planted: set):
     """``classifier.find_label_issues`` (5 folds over every image), timed; prints precision and recall."""
     start = time.perf_counter()
-    issues = classifier.find_label_issues(model=args.model, dataset=dataset, folds=5, epochs=args.epochs, test_fraction=0,
-                                          threads=args.threads, progress=False, tensorboard=False, plots=False,
-                                          project=str(work / "runs"), filter_by=args.filter_by,
+    issues = classifier.find_label_issues(model=args.model, dataset=dataset, folds=5, epochs=args.epochs,
+                                          test_fraction=0, threads=args.threads, progress=False, tensorboard=False,
+                                          plots=False, project=str(work / "runs"), filter_by=args.filter_by,
                                           **({"extra": {"width": args.width}} if args.width else {}), **settings)
     seconds = time.perf_counter() - start
     p, r = scores(set(issues.files), planted)

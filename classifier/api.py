@@ -53,7 +53,8 @@ def train(config: str | Path | None = None, *, resume: str | Path | None = None,
     arrays again (else a one-line error says so); export verifies it on random images.
     ``resume``: a run folder to continue from its last.pt (settings may raise ``epochs`` and change the
     hardware; others must equal the run's). ``callbacks``: {event: [fn, ...]}, events on_train_start(run),
-    on_epoch_end(run, row), on_train_end(run, summary), on_train_interrupt(run); a callback stops training with ``run.stop()``.
+    on_epoch_end(run, row), on_train_end(run, summary), on_train_interrupt(run); a callback stops training
+    with ``run.stop()``.
 
     The global state a run changes (torch thread count, deterministic mode, the torch / numpy / Python
     random generators) is restored when it returns.

@@ -22,13 +22,13 @@ docs/data-quality.md). In the cross-validation folder RUN it writes:
 * ``label_issues.png``: the most suspicious images with both labels;
 * ``label_issues.md``: flagged images per class, the commonest (given -> suggested) pairs.
 
-Multi-label data (a 0/1 label matrix) goes through cleanlab's ``multilabel_classification`` functions with
-the same rules: an image is flagged when any of its classes looks wrongly marked (present or absent). The
+Multi-label data (a 0/1 label matrix) goes through cleanlab's ``multilabel_classification`` functions with the
+same rules: an image is flagged when any of its classes looks wrongly marked (present or absent). The
 background count is then summed over the classes, each class read as its own yes/no question
 (``multilabel_background_count``), and cuts cleanlab's multi-label ranking (worst class first) alone
-(cleanlab's own count is no cap there: ``_rank_multilabel``); ``given_label`` and ``suggested_label`` are label sets (class names
-separated by spaces; suggested: the classes whose out-of-fold probability is at least 0.5), and the
-per-class count is of the flagged images on which given and suggested disagree about that class.
+(cleanlab's own count is no cap there: ``_rank_multilabel``); ``given_label`` and ``suggested_label`` are
+label sets (class names separated by spaces; suggested: the classes whose out-of-fold probability is at least
+0.5), and the per-class count is of the flagged images on which given and suggested disagree about that class.
 
 Nothing in the dataset folder is moved, renamed or changed: fixing a label, or training without the
 flagged files (``--exclude RUN/label_issues.csv``, or a list of the ones you checked), is the user's call.

@@ -97,7 +97,8 @@ def test_planted_label_errors_are_found_and_listed_with_both_labels(tmp_path, ca
                                           **{**FAST, "epochs": 8, "lr": 0.1, "augment": "none", "test_fraction": 0,
                                              "plots": True})
     found = {f"train[{i}]" for i in planted} & set(issues.files)
-    counts = re.search(r"flagged \(background: cleanlab's count (\d+), background count (\d+)\)", capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    counts = re.search(r"flagged \(background: cleanlab's count (\d+), background count (\d+)\)", printed)
     assert counts and len(issues.files) == min(map(int, counts.groups()))  # the cut, as printed
     assert len(found) >= 4 and len(issues.files) - len(found) <= 2  # (measured: 5 of 6, nothing else; with every
     # wrong label in one direction (+1) the background count flags only 2: docs/data-quality.md)
@@ -197,8 +198,8 @@ def test_planted_multilabel_errors_are_found_from_the_command_line(tmp_path):
     report = (run_dir / "label_issues.md").read_text()
     assert "| class | flagged, given and suggested disagree on it |" in report
     assert folder_hash(tmp_path / "data") == before  # the CSV and the images are untouched
-    run = classifier.train(dataset=f"csv:{labels_csv}", exclude=str(run_dir / "label_issues.csv"), project=str(tmp_path),
-                           name="clean", **{**FAST, "test_fraction": 0})
+    run = classifier.train(dataset=f"csv:{labels_csv}", exclude=str(run_dir / "label_issues.csv"),
+                           project=str(tmp_path), name="clean", **{**FAST, "test_fraction": 0})
     record = json.loads((run.dir / "split.json").read_text())
     used = {p for entry in record["splits"].values() for p in entry.get("paths", [])}
     assert len(used) == 240 - len(found) and not used & {r["file"] for r in found}

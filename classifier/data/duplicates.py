@@ -24,10 +24,10 @@ near-copies of itself relies on ``SURE`` for the rest.
 Up to ``EXACT_MAX`` images the search compares every image with every other (matrix products in blocks):
 about N^2 x 7,500 flops, a few seconds for a few thousand images. Above, a coarse first pass picks each
 image's ``CANDIDATES`` nearest (``_nearest_pairs``): a minute for 60,000 images. Above ``MAX_IMAGES`` (and,
-in the check every training run starts with, above ``TRAINING_START_MAX``) it is skipped with a note. Outliers use the same
-descriptors: an image whose ``NEIGHBOURS`` most similar training images are all far (its mean distance to
-them well above what training images have: ``OUTLIER_SPREAD`` robust deviations over the median) is far
-from every class, whichever class it is in.
+in the check every training run starts with, above ``TRAINING_START_MAX``) it is skipped with a note.
+Outliers use the same descriptors: an image whose ``NEIGHBOURS`` most similar training images are all far
+(its mean distance to them well above what training images have: ``OUTLIER_SPREAD`` robust deviations over
+the median) is far from every class, whichever class it is in.
 """
 from __future__ import annotations
 

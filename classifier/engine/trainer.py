@@ -52,7 +52,8 @@ def train(run: Run) -> dict:
     """Train a built run to its configured epochs; returns the summary (also written to summary.json).
 
     Events fired (engine/callbacks.py): on_train_start(run), on_epoch_end(run, row), on_train_end(run,
-    summary), on_train_interrupt(run) when Ctrl-C or a stop signal ends it. A callback may call ``run.stop()``: training ends after that epoch and finishes normally.
+    summary), on_train_interrupt(run) when Ctrl-C or a stop signal ends it. A callback may call
+    ``run.stop()``: training ends after that epoch and finishes normally.
     Ctrl-C saves the unfinished epoch in last.pt and prints the command that resumes it.
     """
     add_default_callbacks(run)

@@ -318,9 +318,10 @@
         : probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]).slice(0, state.page.topk);
       if (multilabel && !order.length) caption.insertAdjacentHTML('beforeend', '<div class="nolabel">no label</div>');
       if (unknown) {
-        caption.insertAdjacentHTML('beforeend', `<div class="unknown" title="${escapeHtml(state.meta.ood_score)} score ` +
-          `${score.toPrecision(4)}, below ${Number(state.meta.reject_threshold).toPrecision(4)}">unknown: like none ` +
-          'of the classes</div>');
+        const why = `${escapeHtml(state.meta.ood_score)} score ${score.toPrecision(4)}, below ` +
+          `${Number(state.meta.reject_threshold).toPrecision(4)}`;
+        caption.insertAdjacentHTML('beforeend',
+                                   `<div class="unknown" title="${why}">unknown: like none of the classes</div>`);
       }
       caption.insertAdjacentHTML('beforeend', '<ol>' + order.map((i) =>
         `<li>${escapeHtml(state.meta.classes[i])} ${(100 * probs[i]).toFixed(1)}%` +
