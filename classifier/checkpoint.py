@@ -44,8 +44,10 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return save_torch({"format": FORMAT, **state}, path, "checkpoint")
 
 
-def load_state_file(path: str | os.PathLike) -> dict:
-    """Load a ``.pt``/``.pth``/``.safetensors`` file as plain data, never executing code from it."""
+def load_state_file(path: str | os.PathLike, *, mmap: bool = False) -> dict:
+    """Load a ``.pt``/``.pth``/``.safetensors`` file as plain data, never executing code from it. ``mmap``:
+    tensors are mapped from the file, not read, until used (for a caller that only wants the small entries;
+    files in torch's legacy format are read whole)."""
     path = Path(path)
     if not path.is_file():
         raise ClassifierError(f"checkpoint not found: {path}")
@@ -55,7 +57,12 @@ def load_state_file(path: str | os.PathLike) -> dict:
         except Exception as err:  # corrupt or not a safetensors file
             raise ClassifierError(f"cannot read safetensors file {path}: {err}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
     except pickle.UnpicklingError as err:
         raise ClassifierError(
             f"refused to load {path}: it is not a plain-tensor checkpoint and could run code "
@@ -81,9 +88,10 @@ def is_toolkit_checkpoint(obj: dict) -> bool:
     return obj.get("format") == FORMAT
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by this toolkit (refuses other files with a clear message)."""
-    obj = load_state_file(path)
+def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict:
+    """Load a checkpoint written by this toolkit (refuses other files with a clear message); ``mmap``: as
+    ``load_state_file``."""
+    obj = load_state_file(path, mmap=mmap)
     if not is_toolkit_checkpoint(obj):
         raise ClassifierError(f"{path} is not a checkpoint written by this toolkit (no '{FORMAT}' marker)")
     return obj

@@ -418,7 +418,7 @@ def run_settings(run_dir: str | Path) -> tuple[dict, dict]:
     path = Path(run_dir) / "last.pt"
     if not path.is_file():
         raise ClassifierError(f"cannot resume: {path} not found")
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, mmap=True)  # the settings only: build_run reads the weights
     return dict(ckpt["config"]), dict(ckpt.get("given") or {})
 
 

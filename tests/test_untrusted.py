@@ -99,3 +99,22 @@ def test_every_command_refuses_the_malicious_checkpoint(setting, command):
     err = proc.stderr.strip()
     assert "Traceback" not in err and "\n" not in err, err
     assert err.startswith("error: refused to load ") and "could run code" in err, err
+
+
+def test_mapped_loading_reads_the_same_checkpoint_and_refuses_the_same_files(tmp_path):
+    """``mmap=True`` (a resume reading only the settings) gives the same entries, reads torch's legacy format
+    too, and still never runs code from a file."""
+    state = {"format": FORMAT, "config": {"model": "lenet5"}, "model": {"w": torch.arange(6.0).reshape(2, 3)}}
+    for legacy in (False, True):
+        path = tmp_path / f"ckpt{int(legacy)}.pt"
+        torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+        loaded = load_checkpoint(path, mmap=True)
+        assert loaded["config"] == {"model": "lenet5"} and torch.equal(loaded["model"]["w"], state["model"]["w"])
+    marker = tmp_path / "pwned"
+    for legacy in (False, True):
+        evil = tmp_path / f"evil{int(legacy)}.pt"
+        torch.save({"format": FORMAT, "config": {}, "model": Payload(marker)}, evil,
+                   _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(ClassifierError, match="refused"):
+            load_checkpoint(evil, mmap=True)
+    assert not marker.exists()
