@@ -53,6 +53,7 @@ from classifier.report.tiles import plot_tiles
 from classifier.tasks import TASKS, to_multilabel
 
 FIGURE_IMAGES = 36  # shown in label_issues.png
+MANY_FLAGGED = 0.25  # flagging more than this share of the images: a caution that the model may be too weak
 # "background" (the default): cleanlab's low_self_confidence cut at background_count; the others are cleanlab's
 # own filter_by rules, as cleanlab applies them
 FILTERS = ("background", "low_self_confidence", "prune_by_noise_rate", "prune_by_class", "both",
@@ -214,22 +215,38 @@ def label_issues_of(cv: CrossValResult, *, filter_by: str | None = None, figure:
     atomic_write_text(cv.dir / "label_issues.csv", csv_text(lines), "label issues")
     shown = _figure(cv, rows[:FIGURE_IMAGES]) if figure and rows else None
     totals = given.sum(0)
-    atomic_write_text(cv.dir / "label_issues.md", _report(cv, rows, per_class, totals, shown, rule),
+    caution = _caution(cv, len(rows))
+    atomic_write_text(cv.dir / "label_issues.md", _report(cv, rows, per_class, totals, shown, rule, caution),
                       "label issues report")
     print(f"label issues: {len(rows)} of {len(cv.files)} train+val images flagged ({rule}); "
           + ", ".join(f"{c} {n}" for c, n in per_class.items() if n) + f"\n  {cv.dir / 'label_issues.csv'}"
           + (f"; figure {shown}" if shown else "") + f"; report {cv.dir / 'label_issues.md'}\n"
-          f"  nothing in the dataset was changed; to train without them: --exclude {cv.dir / 'label_issues.csv'}",
-          flush=True)
+          f"  nothing in the dataset was changed; to train without them: --exclude {cv.dir / 'label_issues.csv'}"
+          + (f"\n  caution: {caution}" if caution else ""), flush=True)
     return LabelIssues(cv.dir, rows, per_class, cv)
 
 
-def _report(cv: CrossValResult, rows: list, per_class: dict, totals: np.ndarray, figure, rule: str) -> str:
+def _caution(cv: CrossValResult, flagged: int) -> str:
+    """A warning when more than MANY_FLAGGED of the images are flagged: the count then mostly measures the
+    out-of-fold model's own mistakes (docs/data-quality.md)."""
+    if flagged <= MANY_FLAGGED * len(cv.files):
+        return ""
+    name = TASKS[cv.task].headline
+    value = cv.summary.get(f"cv_val_{name}_mean")
+    figure = f" (out-of-fold {name} {value:.3f})" if value is not None else ""
+    return (f"{flagged / len(cv.files):.0%} of the images flagged: the model{figure} is probably too weak for "
+            "the count, which then takes its own mistakes for wrong labels; read label_issues.csv from the top "
+            "(most suspicious first), or train longer or a stronger model")
+
+
+def _report(cv: CrossValResult, rows: list, per_class: dict, totals: np.ndarray, figure, rule: str,
+            caution: str = "") -> str:
     pairs = Counter((r["given_label"], r["suggested_label"]) for r in rows).most_common(10)
     out = [f"# Label issues in {cv.settings.get('dataset', '')}", "",
            f"{len(rows)} of {len(cv.files)} train+val images flagged by cleanlab ({rule}) on out-of-fold "
            f"probabilities of {cv.folds} folds ({cv.settings.get('model', '')}). The list, most suspicious first: "
            "`label_issues.csv`. Nothing in the dataset was changed.", "",
+           *([f"**Caution**: {caution}.", ""] if caution else []),
            "| given class | flagged | images | share |" if cv.task == "multiclass" else
            "| class | flagged, given and suggested disagree on it | images given it | share |", "|---|---:|---:|---:|"]
     out += [f"| {c} | {n} | {t} | {n / max(t, 1):.1%} |" for (c, n), t in zip(per_class.items(), totals.tolist())]
